@@ -1,0 +1,156 @@
+"""Pieces shared by the federated GAN algorithms: config, state, losses, local steps.
+
+Losses are the non-saturating GAN losses (Goodfellow et al. 2014):
+  D: softplus(-D(x_real, y)) + softplus(D(G(z, y'), y'))      per real/fake pair
+  G: softplus(-D(G(z, y'), y'))
+Fake labels y' are uniform over classes (the server knows no client's label histogram).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_gen.data.client_data import to_float
+from fedjax_gen.models import make_discriminator, make_generator
+from fedjax_gen.privacy.dp_config import DPConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class GANConfig:
+    image_shape: tuple[int, int, int]
+    num_classes: int  # 0: unconditional
+    model: str = "mlp"  # "mlp" | "dcgan"
+    latent_dim: int = 64
+    width: int = 64
+    conv_impl: str = "xla"
+    local_steps: int = 5
+    batch_size: int = 32
+    client_optimizer: str = "adam"
+    client_lr: float = 2e-4
+    server_lr: float = 1.0  # SGD on the averaged delta: 1.0 is plain FedAvg
+    gen_steps: int = 5  # dp_fedavg_gan: generator steps on the server per round
+    gen_batch_size: int = 64
+    gen_lr: float = 2e-4
+    weighting: str = "count"  # "count" (FedAvg) | "uniform" (forced under user-level DP)
+    unroll: bool = True  # unrolled local steps (rolled conv grads are ~20x slower on XLA:CPU)
+    dp: DPConfig = DPConfig()
+
+    @property
+    def generator(self):
+        return make_generator(
+            self.model,
+            self.image_shape,
+            latent_dim=self.latent_dim,
+            num_classes=self.num_classes,
+            width=self.width,
+            conv_impl=self.conv_impl,
+        )
+
+    @property
+    def discriminator(self):
+        return make_discriminator(
+            self.model,
+            self.image_shape,
+            num_classes=self.num_classes,
+            width=self.width,
+            conv_impl=self.conv_impl,
+        )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GANState:
+    """Server state. gen/disc: params; *_opt: server optimizer states; round: int32 []."""
+
+    gen: dict
+    disc: dict
+    gen_opt: tuple
+    disc_opt: tuple
+    round: jax.Array
+
+
+def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    if name == "adam":
+        return optax.adam(lr, b1=0.5, b2=0.999)
+    if name == "sgd":
+        return optax.sgd(lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
+
+
+def sample_batch(client, key, batch_size: int):
+    """A minibatch without replacement from one client's real examples.
+
+    client: ClientData leaves without client axis (x [N, H, W, C] uint8, y [N], mask [N]).
+    Returns x [b, H, W, C] float in [-1, 1], y [b], mask [b] with b = min(batch_size, N);
+    when the client has fewer than b examples, the batch holds each once and is masked.
+    Each example appears at most once per batch (what DP-SGD's sensitivity assumes).
+    """
+    n = client.mask.shape[0]
+    b = min(batch_size, n)
+    scores = jnp.where(client.mask, jax.random.uniform(key, (n,)), 2.0)
+    pos = jnp.argsort(scores)[:b]
+    return to_float(client.x[pos]), client.y[pos], client.mask[pos]
+
+
+def sample_latent(cfg: GANConfig, key, batch_size: int):
+    kz, ky = jax.random.split(key)
+    z = jax.random.normal(kz, (batch_size, cfg.latent_dim))
+    y = jax.random.randint(ky, (batch_size,), 0, max(cfg.num_classes, 1))
+    return z, (y if cfg.num_classes else None)
+
+
+def _labels(cfg, y):
+    return y if cfg.num_classes else None
+
+
+def disc_example_loss(cfg: GANConfig, disc, x_real, y_real, x_fake, y_fake):
+    """Per-pair discriminator loss: [b] (one real and one fake example per entry)."""
+    D = cfg.discriminator
+    real = D.apply(disc, x_real, _labels(cfg, y_real))
+    fake = D.apply(disc, x_fake, _labels(cfg, y_fake))
+    return jax.nn.softplus(-real) + jax.nn.softplus(fake)
+
+
+def masked_mean(values, mask):
+    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def gen_loss(cfg: GANConfig, gen, disc, key, batch_size):
+    z, y = sample_latent(cfg, key, batch_size)
+    fake = cfg.generator.apply(gen, z, y)
+    return jnp.mean(jax.nn.softplus(-cfg.discriminator.apply(disc, fake, y)))
+
+
+def local_loop(step, carry, key, num_steps: int, unroll: bool):
+    """num_steps of `step(carry, key) -> (carry, metric)`; returns (carry, mean metric)."""
+    carry, metric = jax.lax.scan(
+        step, carry, jax.random.split(key, num_steps), unroll=num_steps if unroll else 1
+    )
+    return carry, jnp.mean(metric, axis=0)
+
+
+def gen_steps_on_server(cfg: GANConfig, gen, gen_opt, disc, key, num_steps, optimizer):
+    """Train G against a fixed D for num_steps (no data touched: free under DP)."""
+
+    def step(carry, k):
+        g, s = carry
+        loss, grads = jax.value_and_grad(gen_loss, argnums=1)(cfg, g, disc, k, cfg.gen_batch_size)
+        updates, s = optimizer.update(grads, s, g)
+        return (optax.apply_updates(g, updates), s), loss
+
+    (gen, gen_opt), loss = local_loop(step, (gen, gen_opt), key, num_steps, cfg.unroll)
+    return gen, gen_opt, loss
+
+
+def client_weight(cfg: GANConfig, client):
+    if cfg.weighting == "uniform" or cfg.dp.mode == "user":
+        return jnp.float32(1.0)
+    return client.counts.astype(jnp.float32)
+
+
+def sample_grid_labels(num_classes: int, per_class: int):
+    """Labels for a class-per-row sample grid: [num_classes * per_class]."""
+    return jnp.repeat(jnp.arange(max(num_classes, 1)), per_class)

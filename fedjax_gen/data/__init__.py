@@ -1,0 +1,22 @@
+"""Host-side data: dataset sources, client partitions and padding into `ClientData`."""
+
+from fedjax_gen.data.client_data import ClientData, Dataset, to_float, to_uint8
+from fedjax_gen.data.padding import cap_parts, client_of_example, pad_clients, pad_num_clients
+from fedjax_gen.data.partitions import SPECS, partition
+from fedjax_gen.data.sources import DATASETS, load_dataset, subsample
+
+__all__ = [
+    "DATASETS",
+    "SPECS",
+    "ClientData",
+    "Dataset",
+    "cap_parts",
+    "client_of_example",
+    "load_dataset",
+    "pad_clients",
+    "pad_num_clients",
+    "partition",
+    "subsample",
+    "to_float",
+    "to_uint8",
+]

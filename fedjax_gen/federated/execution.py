@@ -1,0 +1,119 @@
+"""Client-execution strategies behind one interface.
+
+All strategies compute the same thing, the sum over sampled clients of
+`client_update(message, data[id], key)` with masked clients contributing exactly 0;
+they differ only in how the work is cut into compiled calls:
+
+  vmap        all sampled clients in one `jax.vmap` inside the round's single jit call
+              (clients sharded over the mesh). Best on GPU/TPU; lets rounds be scanned.
+  chunked:N   a host loop over compiled calls of N vmapped clients each (N a multiple of
+              the device count), accumulating the sum on device.
+  loop        chunked with one client (per device) per call: the per-client loop, which
+              XLA:CPU often rewards (a vmapped conv over per-client weights lowers to a
+              grouped convolution ~80x slower; batched small matmuls are ~2x slower).
+
+Which is fastest is measured, not assumed: see `benchmarks/` and `default_execution`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_gen.errors import UserError
+from fedjax_gen.federated.mesh import CLIENTS, client_sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    kind: str  # "vmap" | "chunked"
+    chunk: int = 0  # clients per compiled call for "chunked" (0 for vmap)
+
+    def __str__(self):
+        return "vmap" if self.kind == "vmap" else f"chunked:{self.chunk}"
+
+
+def parse_execution(spec: str, num_devices: int = 1) -> Execution:
+    """'vmap' | 'loop' | 'chunked:N' | 'auto' (auto is resolved by default_execution)."""
+    if spec == "vmap":
+        return Execution("vmap")
+    if spec == "loop":
+        return Execution("chunked", num_devices)
+    if spec.startswith("chunked:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise UserError(f"bad --execution {spec!r}: use chunked:N with N >= 1")
+        return Execution("chunked", -(-n // num_devices) * num_devices)
+    raise UserError(f"unknown --execution {spec!r}; choose auto, vmap, loop or chunked:N")
+
+
+def default_execution(model_kind: str, backend: str | None = None, num_devices: int = 1) -> Execution:
+    """The measured default (benchmarks/README.md): vmap on accelerators; on XLA:CPU a
+    host loop over compiled chunks (per-client for convs, small chunks for MLPs)."""
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return Execution("vmap")
+    return Execution("chunked", num_devices * (1 if model_kind == "dcgan" else 8))
+
+
+def _mask_tree(tree, keep):
+    """Zero a client's whole output where keep is False (jnp.where: NaN-safe)."""
+    return jax.tree.map(lambda v: jnp.where(keep, v, jnp.zeros_like(v)), tree)
+
+
+def _one_client(client_update):
+    def run(message, data, client_id, key, keep):
+        client = jax.tree.map(lambda a: a[client_id], data)
+        return _mask_tree(client_update(message, client, key), keep)
+
+    return run
+
+
+def vmap_sum(client_update, mesh=None):
+    """Traceable: (message, data, ids [K], keys [K], keep [K]) -> summed ClientOutput."""
+    one = _one_client(client_update)
+    mapped = jax.vmap(one, in_axes=(None, None, 0, 0, 0), spmd_axis_name=CLIENTS if mesh else None)
+
+    def run(message, data, ids, keys, keep):
+        if mesh is not None:
+            ids, keys, keep = jax.lax.with_sharding_constraint(
+                (ids, keys, keep), client_sharding(mesh)
+            )
+        out = mapped(message, data, ids, keys, keep)
+        return jax.tree.map(lambda v: jnp.sum(v, axis=0), out)
+
+    return run
+
+
+def chunked_sum(client_update, chunk: int, mesh=None):
+    """Host loop: (message, data, ids [K], keys [K], keep [K]) -> summed ClientOutput.
+
+    K must be a multiple of `chunk` (the engine pads). One compiled call per chunk; the
+    running sum stays on device and its buffer is donated.
+    """
+    inner = vmap_sum(client_update, mesh)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def step(acc, message, data, ids, keys, keep, start):
+        sl = lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk)
+        part = inner(message, data, sl(ids), sl(keys), sl(keep))
+        return jax.tree.map(jnp.add, acc, part)
+
+    @jax.jit
+    def zeros(message, data, ids, keys, keep):
+        shapes = jax.eval_shape(inner, message, data, ids[:chunk], keys[:chunk], keep[:chunk])
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def run(message, data, ids, keys, keep):
+        acc = zeros(message, data, ids, keys, keep)
+        for start in range(0, ids.shape[0], chunk):
+            acc = step(acc, message, data, ids, keys, keep, start)
+        return acc
+
+    return run

@@ -1,0 +1,27 @@
+"""The device mesh over which the client axis is sharded."""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+CLIENTS = "clients"
+
+
+def client_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh named 'clients' over all (global) devices, or the given ones."""
+    devices = jax.devices() if devices is None else devices
+    return jax.make_mesh((len(devices),), (CLIENTS,), devices=devices)
+
+
+def client_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading axis split over the mesh: per-client arrays [clients, ...]."""
+    return NamedSharding(mesh, P(CLIENTS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
