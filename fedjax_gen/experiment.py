@@ -1,0 +1,91 @@
+"""What every experiment shares: validated federated data, synthetic-set export and
+evaluation, membership ground truth, and the run-directory lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+
+import jax
+import numpy as np
+
+from fedjax_gen import data as fdata
+from fedjax_gen.errors import UserError
+from fedjax_gen.run_dir import RunDir
+from fedjax_gen.viz import class_grid, save_grid
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedData:
+    """A dataset split over clients. client_data is host numpy ([C, N_max, ...])."""
+
+    dataset: fdata.Dataset
+    parts: list
+    client_data: fdata.ClientData
+
+    @property
+    def owner(self) -> np.ndarray:
+        """int32 [N_train]: the client holding each training example (-1: unused)."""
+        return fdata.client_of_example(self.parts, len(self.dataset.y_train))
+
+
+def prepare_federated_data(args) -> FederatedData:
+    """Loads, subsamples and partitions the data; validates everything, writes nothing."""
+    dataset = fdata.load_dataset(args.dataset, args.data_dir)
+    if args.max_train is not None:
+        dataset = fdata.subsample(dataset, args.max_train, None, args.seed)
+    parts = fdata.partition(dataset.y_train, args.clients, args.partition, args.seed)
+    parts = fdata.cap_parts(parts, args.max_examples_per_client, args.seed)
+    cd = fdata.pad_clients(dataset.x_train, dataset.y_train, parts)
+    return FederatedData(dataset, parts, cd)
+
+
+def balanced_labels(n: int, num_classes: int) -> np.ndarray:
+    return (np.arange(n) % max(num_classes, 1)).astype(np.int32)
+
+
+def generate(sample_fn, params, labels: np.ndarray, key, batch_size: int = 1000) -> np.ndarray:
+    """Runs a jitted sample_fn(params, y [b], key) -> images in [-1, 1] over `labels` in
+    batches; returns uint8 [n, H, W, C]."""
+    fn = jax.jit(sample_fn)
+    out = []
+    for i, start in enumerate(range(0, len(labels), batch_size)):
+        y = labels[start : start + batch_size]
+        pad = batch_size - len(y)  # one compiled shape
+        yp = np.concatenate([y, np.zeros(pad, y.dtype)])
+        out.append(fdata.to_uint8(fn(params, yp, jax.random.fold_in(key, i)))[: len(y)])
+    return np.concatenate(out)
+
+
+def export_and_evaluate(run_dir: RunDir, dataset: fdata.Dataset, x_syn, y_syn, key,
+                        tstr_steps: int | None = None) -> dict:
+    """Writes synthetic.npz and samples.png; returns the evaluation metrics."""
+    from fedjax_gen.metrics import evaluate_synthetic
+
+    run_dir.write_synthetic(x_syn, y_syn)
+    save_grid(run_dir.file("samples.png"), class_grid(x_syn, y_syn, dataset.num_classes))
+    return evaluate_synthetic(dataset, x_syn, y_syn, key=key, tstr_steps=tstr_steps)
+
+
+def write_membership(run_dir: RunDir, fed: FederatedData) -> None:
+    owner = fed.owner
+    run_dir.write_arrays(
+        "membership.npz",
+        train_client=owner,
+        members=np.flatnonzero(owner >= 0).astype(np.int64),
+        nonmembers=np.arange(len(fed.dataset.y_test), dtype=np.int64),
+    )
+
+
+@contextlib.contextmanager
+def removed_on_user_error(path: str, created_here: bool):
+    """A run directory this invocation created is deleted if a UserError stops the run,
+    so bad input never leaves a half-written directory behind."""
+    try:
+        yield
+    except UserError:
+        if created_here and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise

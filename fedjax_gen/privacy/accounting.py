@@ -1,0 +1,320 @@
+"""Host-side privacy accounting for the Poisson-subsampled Gaussian mechanism (numpy only).
+
+One DP-SGD step (or one DP-FedAvg round) with Poisson sampling rate q and noise
+multiplier z (noise std = z * clip) is `PoissonSampledDpEvent(q, GaussianDpEvent(z))`;
+T steps are its T-fold self-composition. Neighbouring relation: add/remove one record
+(example or user, per `privacy_unit`), dp_accounting's default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import dp_accounting
+import numpy as np
+
+from fedjax_gen.errors import UserError
+
+ACCOUNTANTS = ("rdp", "pld")
+PRIVACY_UNITS = ("example", "user")
+MAX_NOISE_MULTIPLIER = 1000.0  # beyond this the model is pure noise: refuse the budget
+PLD_DISCRETIZATION = 1e-4  # dp_accounting's default value_discretization_interval
+
+
+def _check_common(sampling_rate, steps, delta, accountant) -> None:
+    if accountant not in ACCOUNTANTS:
+        raise UserError(f"unknown accountant {accountant!r}; choose --accountant rdp or pld")
+    if not 0.0 < delta < 1.0:
+        raise UserError(f"delta must be in (0, 1), got {delta}; choose e.g. --delta 1e-5")
+    if not 0.0 <= sampling_rate <= 1.0:
+        raise UserError(
+            f"sampling rate must be in [0, 1], got {sampling_rate}; "
+            "use a batch (or cohort) no larger than the population"
+        )
+    if steps < 0 or int(steps) != steps:
+        raise UserError(f"steps must be a non-negative integer, got {steps}; fix --rounds/--local-steps")
+
+
+def dp_event(noise_multiplier: float, sampling_rate: float) -> dp_accounting.DpEvent:
+    """One step: Gaussian(z), Poisson-subsampled at rate q (q == 1: no subsampling)."""
+    gaussian = dp_accounting.GaussianDpEvent(float(noise_multiplier))
+    if sampling_rate >= 1.0:
+        return gaussian
+    return dp_accounting.PoissonSampledDpEvent(float(sampling_rate), gaussian)
+
+
+def _make_accountant(accountant: str, pld_discretization: float) -> dp_accounting.PrivacyAccountant:
+    if accountant == "rdp":
+        return dp_accounting.rdp.RdpAccountant()
+    return dp_accounting.pld.PLDAccountant(value_discretization_interval=pld_discretization)
+
+
+def compute_epsilon(
+    noise_multiplier: float,
+    sampling_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str = "rdp",
+    *,
+    pld_discretization: float = PLD_DISCRETIZATION,
+) -> float:
+    """Epsilon at `delta` after `steps` Poisson-subsampled Gaussian steps (inf if z == 0).
+
+    `pld_discretization` is the PLD grid step; coarser is faster and pessimistic
+    (a valid but looser upper bound). Ignored by RDP.
+    """
+    _check_common(sampling_rate, steps, delta, accountant)
+    if noise_multiplier < 0:
+        raise UserError(f"noise multiplier must be >= 0, got {noise_multiplier}; fix --noise-multiplier")
+    if steps == 0 or sampling_rate == 0.0:
+        return 0.0
+    if noise_multiplier == 0.0:
+        return math.inf
+    acc = _make_accountant(accountant, pld_discretization)
+    acc.compose(dp_event(noise_multiplier, sampling_rate), int(steps))
+    return float(acc.get_epsilon(delta))
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    delta: float,
+    sampling_rate: float,
+    steps: int,
+    accountant: str = "rdp",
+    tol: float = 0.005,
+    *,
+    num_records: int | None = None,
+    max_noise_multiplier: float = MAX_NOISE_MULTIPLIER,
+) -> float:
+    """Smallest-ish z with target*(1 - tol) <= epsilon(z) <= target.
+
+    We root-find ourselves instead of `dp_accounting.calibrate_dp_mechanism` because its
+    tolerance is in parameter space (|z - z*| <= tol), while we promise closeness in
+    epsilon space (the number reported in results), which it does not bound.
+    `num_records` (N), when given, enforces delta < 1/N.
+    """
+    if not target_epsilon > 0:
+        raise UserError(f"epsilon must be > 0, got {target_epsilon}; choose a positive --epsilon")
+    _check_common(sampling_rate, steps, delta, accountant)
+    if num_records is not None and delta >= 1.0 / num_records:
+        raise UserError(
+            f"delta must be < 1/N = {1.0 / num_records:.3g} (N={num_records} records), "
+            f"got {delta}; choose a smaller --delta"
+        )
+    if steps == 0 or sampling_rate == 0.0:
+        return 0.0  # nothing is released: any noise (even none) spends no budget
+
+    rdp_eps = lambda z: compute_epsilon(z, sampling_rate, steps, delta, "rdp")
+    # PLD search runs on a 10x coarser (pessimistic, ~0.1% looser, ~10x faster) grid.
+    pld_eps = lambda z: compute_epsilon(
+        z, sampling_rate, steps, delta, "pld", pld_discretization=10 * PLD_DISCRETIZATION
+    )
+    # Memoised: bracketing and the solver revisit their endpoints.
+    rdp_eps, pld_eps = functools.lru_cache(None)(rdp_eps), functools.lru_cache(None)(pld_eps)
+    eps = rdp_eps if accountant == "rdp" else pld_eps
+    if eps(max_noise_multiplier) > target_epsilon:
+        raise UserError(
+            f"epsilon {target_epsilon} is unreachable in {steps} steps at sampling rate "
+            f"{sampling_rate:.3g} (needs noise multiplier > {max_noise_multiplier:g}): "
+            "raise --epsilon or lower --rounds"
+        )
+    if accountant == "rdp":
+        lo, hi = _bracket(rdp_eps, target_epsilon, 1.0, 2.0, max_noise_multiplier)
+    else:  # PLD is tighter than RDP: the RDP answer is a near-upper bracket end.
+        z_rdp = calibrate_noise_multiplier(target_epsilon, delta, sampling_rate, steps, "rdp", tol)
+        lo, hi = _bracket(pld_eps, target_epsilon, z_rdp, 1.25, max_noise_multiplier)
+    z = _solve(eps, target_epsilon, tol, lo, hi)
+    if accountant == "pld":  # the reported (fine-grid) epsilon is <= the coarse one; check
+        while compute_epsilon(z, sampling_rate, steps, delta, "pld") > target_epsilon:
+            z *= 1.001
+    return float(z)
+
+
+def _bracket(eps, target, start, factor, cap):
+    """(lo, hi) with eps(lo) > target >= eps(hi), searching geometrically from start."""
+    hi = start
+    while hi < cap and eps(hi) > target:
+        hi = min(hi * factor, cap)
+    lo = hi / factor
+    while lo > 1e-6 and eps(lo) <= target:
+        hi, lo = lo, lo / factor
+    return lo, hi
+
+
+def _solve(eps, target, tol, lo, hi):
+    """Returns z in [lo, hi] with target * (1 - tol) <= eps(z) <= target.
+
+    Illinois (modified regula falsi) on log eps vs log z, which is nearly linear, so a
+    handful of evaluations suffice (PLD evaluations cost ~0.1-1 s each). Aims at the
+    middle of the acceptance window; every new point keeps the safe side `hi`.
+    """
+    aim = math.log(target * (1.0 - tol / 2))
+    f = lambda z: math.log(eps(z)) - aim
+    f_lo, f_hi = f(lo), f(hi)
+    e_hi = eps(hi)
+    side = 0
+    for i in range(100):
+        if e_hi >= target * (1.0 - tol):
+            break  # and eps(hi) <= target always holds
+        x_lo, x_hi = math.log(lo), math.log(hi)
+        x = x_hi - f_hi * (x_hi - x_lo) / (f_hi - f_lo) if i % 4 != 3 else 0.5 * (x_lo + x_hi)
+        if not x_lo < x < x_hi:
+            x = 0.5 * (x_lo + x_hi)
+        z = math.exp(x)
+        e = eps(z)
+        fz = math.log(e) - aim
+        if e <= target:
+            hi, f_hi, e_hi = z, fz, e
+            f_lo = f_lo / 2 if side == +1 else f_lo  # Illinois: damp the stale end
+            side = +1
+        else:
+            lo, f_lo = z, fz
+            f_hi = f_hi / 2 if side == -1 else f_hi
+            side = -1
+        if hi - lo <= 1e-9 * hi:  # epsilon jumps (discretisation): accept the safe side
+            break
+    return hi
+
+
+def epsilon_schedule(
+    noise_multiplier: float,
+    sampling_rate: float,
+    steps_per_round: int,
+    rounds: int,
+    delta: float,
+    accountant: str = "rdp",
+    *,
+    max_pld_evaluations: int = 16,
+) -> np.ndarray:
+    """Epsilon after each round: [rounds] float64 (entry r is after r + 1 rounds).
+
+    RDP composes additively, so the one-step RDP curve is computed once and scaled by
+    the step count for every round (O(R) conversions, no re-composition). PLD is
+    evaluated at up to `max_pld_evaluations` rounds (always including the last); other
+    rounds report the next evaluated round's epsilon, an upper bound (epsilon grows
+    with steps), so the schedule is conservative. The last entry equals
+    `compute_epsilon` of the whole run.
+    """
+    _check_common(sampling_rate, steps_per_round, delta, accountant)
+    rounds = int(rounds)
+    if rounds <= 0:
+        return np.zeros((0,), np.float64)
+    if steps_per_round == 0 or sampling_rate == 0.0:
+        return np.zeros((rounds,), np.float64)
+    if noise_multiplier == 0.0:
+        return np.full((rounds,), np.inf)
+    steps = steps_per_round * np.arange(1, rounds + 1)
+    if accountant == "rdp":
+        acc = dp_accounting.rdp.RdpAccountant()
+        acc.compose(dp_event(noise_multiplier, sampling_rate), 1)
+        orders, rdp_one = acc.orders, acc.rdp
+        return np.array(
+            [dp_accounting.rdp.compute_epsilon(orders, rdp_one * s, delta)[0] for s in steps]
+        )
+    evaluated = np.unique(
+        np.linspace(0, rounds - 1, min(rounds, max_pld_evaluations)).round().astype(int)
+    )
+    # Intermediate rounds use the 10x coarser (pessimistic, ~10x faster) PLD grid; the
+    # last round uses the default grid so it equals compute_epsilon for the whole run.
+    eps_at = {
+        int(r): compute_epsilon(
+            noise_multiplier, sampling_rate, int(steps[r]), delta, "pld",
+            pld_discretization=PLD_DISCRETIZATION * (1 if r == rounds - 1 else 10),
+        )
+        for r in evaluated
+    }
+    # Each round takes the epsilon of the first evaluated round at or after it.
+    nxt = evaluated[np.searchsorted(evaluated, np.arange(rounds))]
+    return np.array([eps_at[int(r)] for r in nxt])
+
+
+def per_client_epsilon(
+    noise_multiplier: float,
+    client_sampling_rates: Sequence[float] | np.ndarray,
+    steps: int | Sequence[int] | np.ndarray,
+    delta: float,
+    accountant: str = "rdp",
+) -> np.ndarray:
+    """Example-level epsilon of each client's local DP-SGD: [num_clients] float64.
+
+    Client c samples with rate q_c = batch / n_c for `steps` (scalar or per-client
+    [num_clients]) steps; under parallel composition over disjoint client datasets each
+    example's privacy is its own client's. Computed once per distinct (q, steps) pair.
+    """
+    rates = np.asarray(client_sampling_rates, np.float64).reshape(-1)
+    steps_arr = np.broadcast_to(np.asarray(steps, np.int64), rates.shape)
+    pairs = np.stack([rates, steps_arr.astype(np.float64)], axis=1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    eps = np.array(
+        [compute_epsilon(noise_multiplier, q, int(s), delta, accountant) for q, s in unique]
+    )
+    return eps[inverse.reshape(-1)]
+
+
+def worst_client_epsilon(
+    noise_multiplier: float,
+    client_sampling_rates: Sequence[float] | np.ndarray,
+    steps: int | Sequence[int] | np.ndarray,
+    delta: float,
+    accountant: str = "rdp",
+) -> tuple[float, int]:
+    """(max over clients of example-level epsilon, index of that client); see per_client_epsilon."""
+    rates = np.asarray(client_sampling_rates, np.float64).reshape(-1)
+    if rates.size == 0:
+        raise UserError("no clients to account for; check the client data split")
+    eps = per_client_epsilon(noise_multiplier, rates, steps, delta, accountant)
+    worst = int(np.argmax(eps))
+    return float(eps[worst]), worst
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySpec:
+    """The privacy guarantee of a run, as written to results.json.
+
+    epsilon is math.inf for a non-private run (noise 0); JSON has no inf, so `to_dict`
+    writes it as null and `from_dict` reads null back as inf.
+    """
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sampling_rate: float
+    steps: int
+    privacy_unit: str  # "example" | "user"
+    accountant: str  # "rdp" | "pld"
+
+    def __post_init__(self):
+        if self.privacy_unit not in PRIVACY_UNITS:
+            raise UserError(f"privacy unit must be example or user, got {self.privacy_unit!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise UserError(f"unknown accountant {self.accountant!r}; choose --accountant rdp or pld")
+
+    @classmethod
+    def compute(
+        cls,
+        noise_multiplier: float,
+        sampling_rate: float,
+        steps: int,
+        delta: float,
+        privacy_unit: str = "example",
+        accountant: str = "rdp",
+    ) -> "PrivacySpec":
+        eps = compute_epsilon(noise_multiplier, sampling_rate, steps, delta, accountant)
+        return cls(eps, delta, noise_multiplier, sampling_rate, int(steps), privacy_unit, accountant)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
+        if math.isinf(d["epsilon"]):
+            d["epsilon"] = None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PrivacySpec":
+        d = dict(d)
+        if d.get("epsilon") is None:
+            d["epsilon"] = math.inf
+        return cls(**d)

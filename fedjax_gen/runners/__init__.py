@@ -1,0 +1,1 @@
+"""Experiment drivers: each `main(argv)` behind a thin script in experiments/."""
