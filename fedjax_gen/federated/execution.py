@@ -124,3 +124,39 @@ def chunked_sum(client_update, chunk: int, mesh=None):
         return acc
 
     return run
+
+
+def map_clients(client_fn, execution: Execution, mesh=None):
+    """Collect (not sum) per-client outputs: for one-shot methods whose server needs every
+    upload (DENSE's ensemble, DOSFL's images).
+
+    client_fn(message, client, key) -> pytree. Returns a host-callable
+    run(message, data, ids [K], keys [K]) -> pytree with leading axis [K]. The strategy
+    decides how many clients share a compiled call, exactly as for sums.
+    """
+    if execution.kind == "vmap" or execution.chunk > 1:
+        size = None if execution.kind == "vmap" else execution.chunk
+        mapped = jax.vmap(
+            lambda m, d, i, k: client_fn(m, jax.tree.map(lambda a: a[i], d), k),
+            in_axes=(None, None, 0, 0),
+            spmd_axis_name=CLIENTS if mesh else None,
+        )
+    else:
+        size = 1
+        mapped = lambda m, d, ids, keys: jax.tree.map(
+            lambda a: a[None], client_fn(m, jax.tree.map(lambda a: a[ids[0]], d), keys[0])
+        )
+    call = jax.jit(mapped)
+
+    def run(message, data, ids, keys):
+        n = ids.shape[0]
+        step = n if size is None else size
+        pad = -n % step
+        ids_p = jnp.concatenate([ids, jnp.repeat(ids[-1:], pad)]) if pad else ids
+        keys_p = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad)]) if pad else keys
+        parts = [call(message, data, ids_p[s : s + step], keys_p[s : s + step])
+                 for s in range(0, n + pad, step)]
+        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
+        return jax.tree.map(lambda a: a[:n], out)
+
+    return run
