@@ -18,6 +18,8 @@ from fedjax_gen.errors import UserError
 class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int | None = 3, create: bool = True):
         self.directory = os.path.abspath(directory)
+        if not create and not os.path.isdir(self.directory):
+            raise UserError(f"no checkpoints at {self.directory}: check the run directory path")
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -152,7 +152,9 @@ def _solve(eps, target, tol, lo, hi):
     middle of the acceptance window; every new point keeps the safe side `hi`.
     """
     aim = math.log(target * (1.0 - tol / 2))
-    f = lambda z: math.log(eps(z)) - aim
+    # eps can be exactly 0 (delta large enough that z alone gives (0, delta)-DP): floor it.
+    log_eps = lambda e: math.log(max(e, 1e-300))
+    f = lambda z: log_eps(eps(z)) - aim
     f_lo, f_hi = f(lo), f(hi)
     e_hi = eps(hi)
     side = 0
@@ -165,7 +167,7 @@ def _solve(eps, target, tol, lo, hi):
             x = 0.5 * (x_lo + x_hi)
         z = math.exp(x)
         e = eps(z)
-        fz = math.log(e) - aim
+        fz = log_eps(e) - aim
         if e <= target:
             hi, f_hi, e_hi = z, fz, e
             f_lo = f_lo / 2 if side == +1 else f_lo  # Illinois: damp the stale end

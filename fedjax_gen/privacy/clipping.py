@@ -4,16 +4,15 @@ Everything here is a *one-client* function: it sees a padded batch [B, ...] plus
 boolean mask [B] and is meant to be `jax.vmap`ped over a leading client axis by the
 caller (or jitted and called in a host loop over clients).
 
-Why jax-privacy's `clipped_grad` is used for the per-example clipped sum: in 2.0 it
-is a plain function transform (no global state, no keyword batching conventions that
-clash with ours). With `keep_batch_dim=False` the loss sees one example without a
-batch axis, exactly our `loss_fn(params, example, *args)` contract; padding is
-expressed through its `is_padding_example` argument, which replaces a padding
-example's clipped gradient by an exact zero (`lax.select`, so NaN/inf garbage in the
-padded slots cannot leak); `nan_safe=True` zeroes non-finite entries before the norm;
-its microbatching (optax `micro_vmap`, a `fori_loop` over microbatches) vmaps fine over
-an outer client axis. Using it keeps our sensitivity guarantee identical to the
-reference implementation instead of re-deriving it.
+Why our own clipped sum instead of jax-privacy's `clipped_grad`: on XLA:CPU its
+materialised per-example gradients measured 30x slower than this two-pass form
+(MLP discriminator on 28x28, batch 32: 2.25 s vs 74 ms per step). Here pass 1 computes
+only the per-example gradient *norms* (XLA fuses the squares into the per-example
+gradient computation and never writes the [B, params] tensor), and pass 2 is one
+ordinary backward pass of sum_i c_i * loss_i with the clip factors c_i held constant,
+which equals sum_i clip(grad_i). The result is tested equal to jax-privacy's.
+Padding and examples with non-finite gradients get c_i = 0 and zeroed inputs, so
+garbage in masked slots cannot leak (0 * NaN would).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax_privacy import clipping as jp_clipping
 
 from fedjax_gen.errors import UserError
 
@@ -93,17 +91,18 @@ def clipped_grad_sum(
     _check_clip(clip)
     if microbatch_size is not None and microbatch_size < 1:
         raise UserError(f"microbatch size must be >= 1, got {microbatch_size}; fix --microbatch-size")
-    grad_fn = jp_clipping.clipped_grad(
-        loss_fn,
-        argnums=0,
-        l2_clip_norm=clip,
-        batch_argnums=1,
-        keep_batch_dim=False,  # loss_fn sees one example without a batch axis
-        return_values=True,
-        return_grad_norms=True,
-        microbatch_size=microbatch_size,
-        nan_safe=True,
-    )
+    def loss_and_grad_norms(params, batch, *args):
+        def one(example):
+            loss, grads = jax.value_and_grad(loss_fn)(params, example, *args)
+            sq = sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads))
+            return loss, jnp.sqrt(sq)
+
+        if microbatch_size is None:
+            return jax.vmap(one)(batch)
+        size = _batch_size(batch)
+        micro = jax.tree.map(lambda a: a.reshape((size // microbatch_size, microbatch_size) + a.shape[1:]), batch)
+        losses, norms = jax.lax.map(jax.vmap(one), micro)  # bounds live per-example grads
+        return losses.reshape(size), norms.reshape(size)
 
     def f(params, batch, mask, *args):
         size = _batch_size(batch)
@@ -113,14 +112,24 @@ def clipped_grad_sum(
                 "fix --microbatch-size"
             )
         mask = jnp.asarray(mask, bool)
-        grads, aux = grad_fn(params, batch, *args, is_padding_example=~mask)
-        # Norms/losses of padding slots are garbage-dependent: mask them with where (not *).
-        norms = jnp.where(mask, aux.grad_norms, 0.0)
-        losses = jnp.where(mask, aux.values, 0.0)
+        zero_out = lambda keep, tree: jax.tree.map(
+            lambda a: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), tree)
+        batch = zero_out(mask, batch)
+        losses, norms = loss_and_grad_norms(params, batch, *args)
+        ok = mask & jnp.isfinite(norms) & jnp.isfinite(losses)
+        factors = jnp.where(ok, jnp.minimum(1.0, clip / (norms + _TINY)), 0.0)
+        clean = zero_out(ok, batch)
+
+        def weighted_loss(p):
+            per_example = jax.vmap(lambda ex: loss_fn(p, ex, *args))(clean)
+            return jnp.sum(jax.lax.stop_gradient(factors) * per_example)
+
+        grads = jax.grad(weighted_loss)(params)
         count = jnp.sum(mask).astype(jnp.float32)
         denom = jnp.maximum(count, 1.0)
-        clipped = jnp.sum(jnp.where(mask, aux.grad_norms > clip, False)) / denom
-        return grads, ClipAux(norms, clipped, jnp.sum(losses) / denom, count)
+        norms = jnp.where(mask, norms, 0.0)
+        clipped = jnp.sum(jnp.where(mask, norms > clip, False)) / denom
+        return grads, ClipAux(norms, clipped, jnp.sum(jnp.where(ok, losses, 0.0)) / denom, count)
 
     return f
 

@@ -199,3 +199,16 @@ def test_gaussian_noise_statistics_and_determinism():
         assert np.array_equal(np.asarray(x), np.asarray(y))
     zero = noise_fn(tree, 0.0, jax.random.PRNGKey(0))
     _assert_tree_close(zero, tree, rtol=0, atol=0)
+
+
+def test_matches_jax_privacy_clipped_grad():
+    """Our two-pass clipped sum equals jax-privacy's reference implementation."""
+    from jax_privacy import clipping as jp_clipping
+
+    params, batch = _params(3), _batch(4, 16)
+    mask = jnp.arange(16) < 13
+    ours, _ = _clipped(params, batch, mask, 0.5)
+    reference = jp_clipping.clipped_grad(
+        _loss, argnums=0, l2_clip_norm=0.5, batch_argnums=1, keep_batch_dim=False, nan_safe=True
+    )(params, batch, is_padding_example=~mask)
+    _assert_tree_close(ours, reference)
