@@ -10,7 +10,6 @@ touches data, so it costs no privacy budget.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from fedjax_gen.algorithms import gan
@@ -19,18 +18,13 @@ from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, tre
 
 
 def make(cfg: gan.GANConfig) -> FederatedAlgorithm:
-    G, D = cfg.generator, cfg.discriminator
+    G = cfg.generator
     server_opt = optax.sgd(cfg.server_lr)
     gen_opt = gan.make_optimizer("adam", cfg.gen_lr)
     local_opt = gan.make_optimizer(cfg.client_optimizer, cfg.client_lr)
 
     def init(key):
-        kg, kd = jax.random.split(key)
-        gen, disc = G.init(kg), D.init(kd)
-        return gan.GANState(gen, disc, gen_opt.init(gen), server_opt.init(disc), jnp.int32(0))
-
-    def broadcast(state):
-        return {"gen": state.gen, "disc": state.disc}
+        return gan.init_state(cfg, key, gen_opt, server_opt)
 
     def client_update(message, client, key):
         gen, disc0 = message["gen"], message["disc"]
@@ -64,4 +58,4 @@ def make(cfg: gan.GANConfig) -> FederatedAlgorithm:
         new = gan.GANState(gen, disc, gen_state, disc_opt, state.round + 1)
         return new, {"g_loss": g_loss}
 
-    return FederatedAlgorithm("dp_fedavg_gan", init, broadcast, client_update, server_update)
+    return FederatedAlgorithm("dp_fedavg_gan", init, gan.broadcast, client_update, server_update)

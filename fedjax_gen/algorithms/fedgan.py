@@ -17,18 +17,13 @@ from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, tre
 
 
 def make(cfg: gan.GANConfig) -> FederatedAlgorithm:
-    G, D = cfg.generator, cfg.discriminator
+    G = cfg.generator
     server_opt = optax.sgd(cfg.server_lr)
     local_d = gan.make_optimizer(cfg.client_optimizer, cfg.client_lr)
     local_g = gan.make_optimizer(cfg.client_optimizer, cfg.gen_lr)
 
     def init(key):
-        kg, kd = jax.random.split(key)
-        gen, disc = G.init(kg), D.init(kd)
-        return gan.GANState(gen, disc, server_opt.init(gen), server_opt.init(disc), jnp.int32(0))
-
-    def broadcast(state):
-        return {"gen": state.gen, "disc": state.disc}
+        return gan.init_state(cfg, key, server_opt, server_opt)
 
     def client_update(message, client, key):
         k_steps, k_noise = jax.random.split(key)
@@ -71,4 +66,4 @@ def make(cfg: gan.GANConfig) -> FederatedAlgorithm:
         )
         return new, {}
 
-    return FederatedAlgorithm("fedgan", init, broadcast, client_update, server_update)
+    return FederatedAlgorithm("fedgan", init, gan.broadcast, client_update, server_update)

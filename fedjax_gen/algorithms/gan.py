@@ -72,6 +72,18 @@ class GANState:
     round: jax.Array
 
 
+def init_state(cfg: GANConfig, key, gen_opt, disc_opt) -> GANState:
+    """Fresh G and D with their server optimizer states, at round 0."""
+    kg, kd = jax.random.split(key)
+    gen, disc = cfg.generator.init(kg), cfg.discriminator.init(kd)
+    return GANState(gen, disc, gen_opt.init(gen), disc_opt.init(disc), jnp.int32(0))
+
+
+def broadcast(state: GANState) -> dict:
+    """Both algorithms send G and D to every sampled client."""
+    return {"gen": state.gen, "disc": state.disc}
+
+
 def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
     if name == "adam":
         return optax.adam(lr, b1=0.5, b2=0.999)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -49,6 +48,16 @@ def conv2d(x, kernel, *, strides, padding, lhs_dilation=(1, 1), impl="xla"):
     raise ValueError(f"unknown conv impl {impl!r}; choose xla or im2col")
 
 
+def _kernel_and_bias(module: nn.Module, in_features: int):
+    """flax's Conv parameter layout and initialisers: kernel [kh, kw, cin, cout], bias [cout]."""
+    kernel = module.param(
+        "kernel",
+        nn.initializers.lecun_normal(),
+        tuple(module.kernel_size) + (in_features, module.features),
+    )
+    return kernel, module.param("bias", nn.initializers.zeros, (module.features,))
+
+
 class Conv(nn.Module):
     features: int
     kernel_size: Sequence[int]
@@ -58,12 +67,7 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param(
-            "kernel",
-            nn.initializers.lecun_normal(),
-            tuple(self.kernel_size) + (x.shape[-1], self.features),
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel, bias = _kernel_and_bias(self, x.shape[-1])
         y = conv2d(x, kernel, strides=tuple(self.strides), padding=self.padding, impl=self.impl)
         return y + bias
 
@@ -78,12 +82,7 @@ class ConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param(
-            "kernel",
-            nn.initializers.lecun_normal(),
-            tuple(self.kernel_size) + (x.shape[-1], self.features),
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel, bias = _kernel_and_bias(self, x.shape[-1])
         padding = [_transpose_padding(k, s) for k, s in zip(self.kernel_size, self.strides)]
         y = conv2d(
             x, kernel, strides=(1, 1), padding=padding, lhs_dilation=tuple(self.strides), impl=self.impl

@@ -13,8 +13,6 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
 from fedjax_gen import cli
