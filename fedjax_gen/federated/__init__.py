@@ -7,7 +7,14 @@ from fedjax_gen.federated.algorithm import (
     tree_sub,
     weighted_mean,
 )
-from fedjax_gen.federated.engine import Round, make_round, place, sample_clients, scan_rounds
+from fedjax_gen.federated.engine import (
+    Round,
+    make_round,
+    place,
+    run_rounds,
+    sample_clients,
+    scan_rounds,
+)
 from fedjax_gen.federated.execution import Execution, default_execution, parse_execution
 from fedjax_gen.federated.mesh import client_mesh, client_sharding, replicated
 
@@ -24,6 +31,7 @@ __all__ = [
     "place",
     "replicated",
     "sample_clients",
+    "run_rounds",
     "scan_rounds",
     "tree_scale",
     "tree_sub",

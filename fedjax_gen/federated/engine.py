@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_gen.data.client_data import ClientData
+from fedjax_gen.errors import UserError
 from fedjax_gen.federated import execution as ex
 from fedjax_gen.federated.algorithm import FederatedAlgorithm
 from fedjax_gen.federated.mesh import replicated, round_up
@@ -117,16 +118,36 @@ def place(tree, mesh):
     return jax.device_put(tree, replicated(mesh))
 
 
-def scan_rounds(round_step, num_rounds: int):
-    """Several rounds per compiled call (vmap strategy only): keys [R] -> stacked metrics.
+def scan_rounds(rnd: Round):
+    """Several rounds per compiled call (vmap strategy only):
+    run(state, data, keys [R]) -> (state, metrics stacked [R]).
 
     Rolled: on XLA:CPU conv gradients inside a rolled loop are slow; measure first.
     """
+    if rnd.execution.kind != "vmap":
+        raise UserError(f"scanning rounds needs --execution vmap (got {rnd.execution})")
 
     def run(state, data, keys):
-        def body(s, k):
-            return round_step(s, data, k)
-
-        return jax.lax.scan(body, state, keys)
+        return jax.lax.scan(lambda s, k: rnd.step(s, data, k), state, keys)
 
     return jax.jit(run, donate_argnums=(0,))
+
+
+def run_rounds(rnd: Round, state, data, key, start: int, end: int, rounds_per_call: int = 1):
+    """Rounds start+1..end, round r with key fold_in(key, r - 1); yields (state, round,
+    metrics) per round. rounds_per_call > 1 scans blocks aligned to multiples of it; the
+    state is only yielded at a block's end (None mid-block: it does not exist on host)."""
+    scan = scan_rounds(rnd) if rounds_per_call > 1 else None
+    r = start
+    while r < end:
+        n = min(rounds_per_call - r % rounds_per_call, end - r)
+        if scan is None or n == 1:
+            state, metrics = rnd.step(state, data, jax.random.fold_in(key, r))
+            r += 1
+            yield state, r, metrics
+            continue
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(r, r + n))
+        state, stacked = scan(state, data, keys)
+        for i in range(n):
+            yield (state if i == n - 1 else None), r + i + 1, jax.tree.map(lambda a: a[i], stacked)
+        r += n

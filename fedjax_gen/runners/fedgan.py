@@ -27,7 +27,14 @@ from fedjax_gen.experiment import (
     removed_on_user_error,
     write_membership,
 )
-from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place
+from fedjax_gen.federated import (
+    client_mesh,
+    default_execution,
+    make_round,
+    parse_execution,
+    place,
+    run_rounds,
+)
 from fedjax_gen.privacy.dp_config import DPConfig
 from fedjax_gen.privacy.plan import make_plan
 from fedjax_gen.run_dir import RunDir
@@ -59,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weighting", default="count", choices=("count", "uniform"))
     g.add_argument("--execution", default="auto", help="auto | vmap | loop | chunked:N")
     g.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "im2col"))
+    g.add_argument("--rounds-per-call", type=int, default=1,
+                   help="scan this many rounds per compiled call (vmap execution only)")
     cli.add_dp_flags(p)
     g = p.add_argument_group("run")
     g.add_argument("--eval-every", type=int, default=0, help="rounds between evals (0: only at the end)")
@@ -91,6 +100,11 @@ def _validate(args, fed):
     for name in ("rounds", "clients_per_round", "local_steps", "batch_size", "gen_steps", "num_synthetic"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("checkpoint_every", "eval_every"):
+        every = getattr(args, name)
+        if args.rounds_per_call > 1 and every % args.rounds_per_call:
+            raise UserError(f"--{name.replace('_', '-')} {every} must be a multiple of "
+                            f"--rounds-per-call {args.rounds_per_call}")
     if args.clients_per_round > args.clients:
         raise UserError(f"--clients-per-round {args.clients_per_round} exceeds --clients {args.clients}: lower it")
 
@@ -198,14 +212,15 @@ def _train(args, cfg, rnd, state, fed, run_dir, ckpt, plan, mesh, start_round, t
     sample = _sampler(cfg)
     ds = fed.dataset
     t0 = time.time()
-    bar = tqdm(range(start_round, args.rounds), initial=start_round, total=args.rounds,
+    bar = tqdm(initial=start_round, total=args.rounds,
                disable=not args.progress, unit="round", dynamic_ncols=True)
-    for r in bar:
-        state, metrics = rnd.step(state, data, jax.random.fold_in(train_key, r))
-        done = r + 1
+    rounds = run_rounds(rnd, state, data, train_key, start_round, args.rounds, args.rounds_per_call)
+    for block_state, done, metrics in rounds:
+        bar.update(1)
+        state = block_state if block_state is not None else state
         record = {"round": done, **{k: float(v) for k, v in metrics.items()}}
         if schedule is not None:
-            record["epsilon"] = float(schedule[r])
+            record["epsilon"] = float(schedule[done - 1])
         if args.eval_every and done % args.eval_every == 0 and done < args.rounds:
             labels = balanced_labels(min(args.num_synthetic, 2000), ds.num_classes)
             x_syn = generate(sample, state.gen, labels, jax.random.fold_in(eval_key, done))
@@ -214,9 +229,10 @@ def _train(args, cfg, rnd, state, fed, run_dir, ckpt, plan, mesh, start_round, t
                 ds, x_syn, labels, key=eval_key, tstr_steps=args.tstr_steps).items()})
         run_dir.append_metrics(record)
         if done % max(args.checkpoint_every, 1) == 0 or done == args.rounds:
-            ckpt.save(done, state)
+            ckpt.save(done, state)  # block ends only (validated in _validate)
         if done % 10 == 0 or done == args.rounds:
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("d_loss", "g_loss", "epsilon")})
+    bar.close()
     jax.block_until_ready(state)
     wall = time.time() - t0
     ckpt.close()
