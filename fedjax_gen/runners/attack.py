@@ -1,0 +1,285 @@
+"""Privacy attacks on a finished run: `python experiments/attack.py --run RUN_DIR`.
+
+Reads the run directory contract (config.json, membership.npz, synthetic.npz, checkpoints/),
+rebuilds the dataset with the run's own flags, draws balanced member / non-member queries,
+runs the selected attacks and writes RUN_DIR/attack_results.json (merged with earlier
+attacks) plus image grids (attack_*.png).
+
+Attacks on GAN runs (config.json has "gan_config"):
+  fbb     GAN-Leaks full black-box: nearest synthetic sample (synthetic.npz, or --num-generated
+          fresh samples from the checkpoint's G)
+  pbb     GAN-Leaks partial black-box: zeroth-order latent search through G (queries only)
+  wb      GAN-Leaks white-box: gradient latent search through G's weights
+  logan   LOGAN: the final discriminator's logit
+  gi      gradient inversion of one-example discriminator updates of member examples
+  active  imprint (Robbing the Fed) on clients' batches, with example/user-level DP sweeps
+With --reference RUN_DIR, fbb/pbb/wb also report calibrated variants (fbb_cal, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_gen import data as fdata
+from fedjax_gen.attacks import active, gradient_inversion, logan, membership_gan
+from fedjax_gen.attacks.metrics import mia_report, recon_report
+from fedjax_gen.checkpoint import Checkpointer
+from fedjax_gen.errors import UserError
+from fedjax_gen.privacy.dp_config import DPConfig
+from fedjax_gen.run_dir import RunDir
+from fedjax_gen.viz import save_grid
+
+GAN_ATTACKS = ("fbb", "pbb", "wb", "logan", "gi", "active")
+_NEEDS_CHECKPOINT = {"pbb", "wb", "logan", "gi"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="the run directory to attack")
+    p.add_argument("--attacks", default="fbb,pbb,wb,logan",
+                   help=f"comma-separated subset of {','.join(GAN_ATTACKS)}, or 'all'")
+    p.add_argument("--num-queries", type=int, default=200, help="members and non-members each")
+    p.add_argument("--reference", default=None, metavar="RUN_DIR",
+                   help="run trained on disjoint data: adds calibrated fbb/pbb/wb scores")
+    p.add_argument("--num-generated", type=int, default=0,
+                   help="fbb: sample this many from the checkpoint's G (0: use synthetic.npz)")
+    p.add_argument("--steps", type=int, default=200, help="pbb/wb: optimiser steps per restart")
+    p.add_argument("--restarts", type=int, default=4, help="pbb/wb: random latent starts")
+    p.add_argument("--directions", type=int, default=16, help="pbb: antithetic direction pairs")
+    p.add_argument("--lr", type=float, default=0.05, help="pbb/wb: Adam learning rate")
+    p.add_argument("--gi-clients", type=int, default=4, help="gi: member examples inverted")
+    p.add_argument("--gi-steps", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+@dataclasses.dataclass
+class _Target:
+    """A GAN run opened for attack."""
+
+    run_dir: RunDir
+    config: dict
+    dataset: fdata.Dataset
+    membership: dict
+    cfg: object  # GANConfig
+    state: object | None  # GANState, when a checkpoint is needed
+
+
+def _open_run(path: str, need_state: bool, what: str = "--run") -> _Target:
+    from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
+
+    rd = RunDir(path)
+    if not os.path.isdir(rd.path) or not rd.exists():
+        raise UserError(f"{what} {path}: not a fedjax_gen run directory (no config.json); "
+                        "pass the --out of a finished experiment")
+    config = rd.read_json("config.json")
+    flags = config.get("flags", {})
+    if "gan_config" not in config:
+        raise UserError(f"{what} {path}: algorithm {flags.get('algorithm')!r} has no GAN; this runner "
+                        "attacks GAN runs (use fedjax_gen.attacks.* functions on other artefacts)")
+    gc = dict(config["gan_config"])
+    gc["image_shape"] = tuple(gc["image_shape"])
+    gc["dp"] = DPConfig(**gc["dp"])
+    cfg = GANConfig(**gc)
+    dataset = fdata.load_dataset(flags["dataset"], flags.get("data_dir"))
+    if flags.get("max_train") is not None:
+        dataset = fdata.subsample(dataset, flags["max_train"], None, flags["seed"])
+    membership = _read_npz(rd, "membership.npz")
+    if (membership["members"].max(initial=-1) >= len(dataset.y_train)
+            or membership["nonmembers"].max(initial=-1) >= len(dataset.y_test)):
+        raise UserError(f"{what} {path}: membership.npz indexes beyond the rebuilt dataset; "
+                        "the dataset changed since the run (rebuild it as the run did)")
+    state = None
+    if need_state:
+        if not os.path.isdir(rd.checkpoint_dir):
+            raise UserError(f"{what} {path}: no checkpoints/ directory; these attacks need the "
+                            "final G/D: rerun training with checkpoints or choose --attacks fbb")
+        algorithm = GAN_ALGORITHMS[flags["algorithm"]](cfg)
+        abstract = jax.eval_shape(algorithm.init, jax.random.key(0))
+        state = Checkpointer(rd.checkpoint_dir, create=False).restore(None, abstract)
+    return _Target(rd, config, dataset, membership, cfg, state)
+
+
+def _read_npz(rd: RunDir, name: str) -> dict:
+    try:
+        with np.load(rd.file(name)) as f:
+            return {k: f[k] for k in f.files}
+    except OSError as e:
+        raise UserError(f"cannot read {rd.file(name)} ({e}): is the run finished?") from None
+
+
+def _queries(t: _Target, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    mem, non = t.membership["members"], t.membership["nonmembers"]
+    mi = rng.choice(mem, min(n, len(mem)), replace=False)
+    ni = rng.choice(non, min(n, len(non)), replace=False)
+    ds = t.dataset
+    return (ds.x_train[mi], ds.y_train[mi]), (ds.x_test[ni], ds.y_test[ni]), mi
+
+
+def _labels(t: _Target, y):
+    return y if t.cfg.num_classes else None
+
+
+def _generated(t: _Target, num: int, key):
+    if num <= 0:
+        syn = _read_npz(t.run_dir, "synthetic.npz")
+        return syn["x"], syn["y"]
+    from fedjax_gen.experiment import balanced_labels, generate
+
+    G, cfg = t.cfg.generator, t.cfg
+    y = balanced_labels(num, cfg.num_classes)
+
+    def sample(gen, yb, k):
+        z = jax.random.normal(k, (yb.shape[0], cfg.latent_dim))
+        return G.apply(gen, z, yb if cfg.num_classes else None)
+
+    return generate(sample, t.state.gen, y, key), y
+
+
+def _fbb(t, queries, num_generated, key):
+    xg, yg = _generated(t, num_generated, key)
+    cond = t.cfg.num_classes > 0
+    return np.concatenate([
+        np.asarray(membership_gan.fbb_scores(x, xg, y if cond else None, yg if cond else None))
+        for x, y in queries])
+
+
+def _latent(t, queries, args, key, white_box):
+    cfg = membership_gan.LatentSearch(steps=args.steps, restarts=args.restarts, lr=args.lr,
+                                      num_directions=args.directions)
+    x = np.concatenate([fdata.to_float(q[0]) for q in queries])
+    y = np.concatenate([q[1] for q in queries])
+    scores, recon = membership_gan.latent_scores(
+        t.cfg.generator, t.state.gen, x, _labels(t, y), key, cfg=cfg,
+        latent_dim=t.cfg.latent_dim, white_box=white_box)
+    return scores, recon
+
+
+def _split(scores, n_mem):
+    return scores[:n_mem], scores[n_mem:]
+
+
+def _overlap(target_queries, ref: _Target) -> float:
+    """Fraction of the target's member queries that are (byte-identical) training members of
+    the reference run: calibration assumes this is 0."""
+    digest = lambda a: hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
+    ref_members = {digest(x) for x in ref.dataset.x_train[ref.membership["members"]]}
+    return float(np.mean([digest(x) in ref_members for x in target_queries]))
+
+
+def _grid_rows(*rows, cols=10):
+    return np.stack([fdata.to_uint8(np.asarray(r[:cols], np.float32)) if r.dtype != np.uint8
+                     else r[:cols] for r in rows])
+
+
+def _gi(t, members, args, key):
+    """Each of gi_clients member examples is one client's whole batch (one example, one step)."""
+    x, y = members
+    n = min(args.gi_clients, len(x))
+    x, y = fdata.to_float(x[:n])[:, None], np.asarray(y[:n], np.int32)[:, None]
+    D, k = t.cfg.discriminator, max(t.cfg.num_classes, 1)
+    loss = gradient_inversion.discriminator_real_loss(D, t.cfg.num_classes)
+    disc = t.state.disc
+    grads = jax.vmap(lambda xi, yi: jax.grad(loss)(disc, xi, jax.nn.one_hot(yi, k)))(x, y)
+    cfg = gradient_inversion.InvertConfig(steps=args.gi_steps, lr=0.05, tv=1e-3, restarts=2)
+    # The conditional D's label is known to the server here (iDLG has no bias-of-softmax
+    # analogue for a projection D), so we pass it; the inputs are what is recovered.
+    xr, _, _ = gradient_inversion.invert_updates(loss, disc, grads, key, jnp.asarray(y), x_shape=x.shape[1:],
+                                                 num_classes=k, cfg=cfg)
+    xr = np.asarray(xr[:, 0])
+    save_grid(t.run_dir.file("attack_gi.png"), _grid_rows(np.asarray(x[:, 0]), xr))
+    return recon_report(xr, x[:, 0])
+
+
+def _active(t, key):
+    owner = t.membership["train_client"]
+    ds, b = t.dataset, 8
+    clients = [c for c in np.unique(owner[owner >= 0]) if np.sum(owner == c) >= b][:8]
+    if not clients:
+        return {"skipped": f"no client holds {b} examples"}
+    x = np.stack([fdata.to_float(ds.x_train[np.flatnonzero(owner == c)[:b]]) for c in clients])
+    y = np.stack([ds.y_train[np.flatnonzero(owner == c)[:b]] for c in clients])
+    params = active.imprint_params(fdata.to_float(ds.x_test), 8 * b, ds.num_classes, key)
+    sigmas = [0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    return {"batch_size": b, "clients": len(clients), "bins": 8 * b,
+            "none": active.dp_sweep(params, x, y, key, [0.0], "none")[0],
+            "example_dp": active.dp_sweep(params, x, y, key, sigmas, "example"),
+            "user_dp": active.dp_sweep(params, x, y, key, sigmas, "user")}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    attacks = GAN_ATTACKS if args.attacks == "all" else tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    bad = [a for a in attacks if a not in GAN_ATTACKS]
+    if bad or not attacks:
+        raise UserError(f"unknown attacks {bad}: choose from {','.join(GAN_ATTACKS)} or all")
+    if args.num_queries < 2:
+        raise UserError("--num-queries must be >= 2")
+    need_state = bool(_NEEDS_CHECKPOINT & set(attacks)) or args.num_generated > 0
+    t = _open_run(args.run, need_state)
+    ref = None
+    if args.reference:
+        ref = _open_run(args.reference, need_state=bool({"pbb", "wb"} & set(attacks)), what="--reference")
+        if ref.cfg.image_shape != t.cfg.image_shape:
+            raise UserError("--reference has another image shape; train it on the same kind of data")
+    members, nonmembers, _ = _queries(t, args.num_queries, args.seed)
+    queries, n_mem = (members, nonmembers), len(members[1])
+    root = jax.random.key(args.seed)
+    out = {}
+    timings = {}
+    for i, name in enumerate(attacks):
+        key = jax.random.fold_in(root, i)
+        t0 = time.time()
+        print(f"attack {name} ...", flush=True)
+        if name == "fbb":
+            s = _fbb(t, queries, args.num_generated, key)
+            out["fbb"] = mia_report(*_split(s, n_mem))
+            if ref is not None:
+                out["fbb_cal"] = mia_report(*_split(s - _fbb(ref, queries, args.num_generated, key), n_mem))
+        elif name in ("pbb", "wb"):
+            s, recon = _latent(t, queries, args, key, white_box=name == "wb")
+            out[name] = {**mia_report(*_split(s, n_mem)),
+                         "recon_members": recon_report(recon[:n_mem], fdata.to_float(members[0])),
+                         "recon_nonmembers": recon_report(recon[n_mem:], fdata.to_float(nonmembers[0]))}
+            save_grid(t.run_dir.file(f"attack_{name}.png"), _grid_rows(
+                members[0], recon[:n_mem], nonmembers[0], recon[n_mem:]))
+            if ref is not None:
+                s_ref, _ = _latent(ref, queries, args, key, white_box=name == "wb")
+                out[f"{name}_cal"] = mia_report(*_split(s - s_ref, n_mem))
+        elif name == "logan":
+            x = np.concatenate([q[0] for q in queries])
+            y = np.concatenate([q[1] for q in queries])
+            s = logan.logan_scores(t.cfg.discriminator, t.state.disc, x, _labels(t, y))
+            out["logan"] = mia_report(*_split(s, n_mem))
+        elif name == "gi":
+            out["gi"] = _gi(t, members, args, key)
+        elif name == "active":
+            out["active"] = _active(t, key)
+        timings[name] = time.time() - t0
+        print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in out.get(name, {}).items()
+                                        if isinstance(v, float)), flush=True)
+    prev = t.run_dir.read_json("attack_results.json") if os.path.exists(
+        t.run_dir.file("attack_results.json")) else {"attacks": {}}
+    results = {
+        "run": t.run_dir.path, "algorithm": t.config["flags"].get("algorithm"),
+        "num_members": n_mem, "num_nonmembers": len(nonmembers[1]), "seed": args.seed,
+        "reference": os.path.abspath(args.reference) if args.reference else None,
+        "reference_member_overlap": _overlap(members[0], ref) if ref is not None else None,
+        "settings": {k: getattr(args, k) for k in ("num_generated", "steps", "restarts", "directions",
+                                                   "lr", "gi_clients", "gi_steps")},
+        "attacks": {**prev.get("attacks", {}), **out},
+        "seconds": {**prev.get("seconds", {}), **timings},
+    }
+    t.run_dir.write_json("attack_results.json", results)
+    print(f"wrote {t.run_dir.file('attack_results.json')}")
+    return results
