@@ -1,0 +1,69 @@
+"""What the one-shot baselines (DP-MERF, DOSFL, DENSE) share: flags, client execution,
+and the end of a run (checkpoint, synthetic set, evaluation, results.json).
+
+A one-shot method talks to every client exactly once, so its results say "rounds": 1
+and "clients_per_round" equals the population; bytes are the totals of that exchange.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import numpy as np
+
+from fedjax_gen import cli
+from fedjax_gen.checkpoint import Checkpointer
+from fedjax_gen.errors import UserError
+from fedjax_gen.experiment import export_and_evaluate
+from fedjax_gen.federated import Execution, default_execution, parse_execution
+from fedjax_gen.run_dir import RunDir
+
+
+def add_execution_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--execution", default="auto", help="auto | vmap | loop | chunked:N (client phase)")
+
+
+def client_execution(spec: str, num_devices: int) -> Execution:
+    return default_execution("mlp", num_devices=num_devices) if spec == "auto" else parse_execution(spec, num_devices)
+
+
+def check_positive(args, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def all_clients(num_clients: int, key):
+    """Every client once: ids [K] and per-client keys fold_in(key, id) (as make_round)."""
+    ids = jax.numpy.arange(num_clients, dtype=jax.numpy.int32)
+    return ids, jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+
+
+def finish(run_dir: RunDir, args, fed, *, algorithm: str, state, x_syn: np.ndarray, y_syn: np.ndarray,
+           key, wall: float, bytes_up: int, bytes_down: int, execution, privacy: dict | None = None,
+           extra: dict | None = None) -> dict:
+    """Checkpoints the final server state (as round 1), exports and scores the synthetic
+    set, writes results.json and prints one summary line. Returns the results."""
+    ckpt = Checkpointer(run_dir.checkpoint_dir)
+    ckpt.save(1, state)
+    ckpt.close()
+    evaluation = export_and_evaluate(run_dir, fed.dataset, x_syn, y_syn, key, args.tstr_steps)
+    results = {
+        "dataset": args.dataset, "algorithm": algorithm, "partition": args.partition,
+        "clients": args.clients, "clients_per_round": args.clients, "rounds": 1, **evaluation,
+        "bytes_up": int(bytes_up), "bytes_down": int(bytes_down),
+        "bytes_up_per_client": bytes_up / args.clients, "bytes_down_per_client": bytes_down / args.clients,
+        "wall_seconds": wall, "rounds_per_second": 1.0 / max(wall, 1e-9),
+        "execution": str(execution), "num_synthetic": int(len(y_syn)),
+        "privacy": privacy or {"privacy_unit": None, "epsilon": None},
+        **(extra or {}),
+    }
+    run_dir.write_results(results)
+    print(f"done: {run_dir.path}  tstr_accuracy={results['tstr_accuracy']:.4f} fid={results['fid']:.3f} "
+          f"bytes_up={results['bytes_up']:.3g} ({wall:.1f} s)")
+    return results
+
+
+def default_out(args, name: str) -> str:
+    return args.out or cli.default_out(name)
