@@ -59,14 +59,19 @@ def generate(sample_fn, params, labels: np.ndarray, key, batch_size: int = 1000)
     return np.concatenate(out)
 
 
-def export_and_evaluate(run_dir: RunDir, dataset: fdata.Dataset, x_syn, y_syn, key,
-                        tstr_steps: int | None = None) -> dict:
-    """Writes synthetic.npz and samples.png; returns the evaluation metrics."""
+def evaluate(dataset: fdata.Dataset, x_syn, y_syn, key, args) -> dict:
+    """The metrics of results.json (TSTR, FID, precision/recall) under the run's flags."""
     from fedjax_gen.metrics import evaluate_synthetic
 
+    return evaluate_synthetic(dataset, x_syn, y_syn, key=key, tstr_steps=args.tstr_steps,
+                              domain_classifier_steps=args.fid_classifier_steps)
+
+
+def export_and_evaluate(run_dir: RunDir, dataset: fdata.Dataset, x_syn, y_syn, key, args) -> dict:
+    """Writes synthetic.npz and samples.png; returns the evaluation metrics."""
     run_dir.write_synthetic(x_syn, y_syn)
     save_grid(run_dir.file("samples.png"), class_grid(x_syn, y_syn, dataset.num_classes))
-    return evaluate_synthetic(dataset, x_syn, y_syn, key=key, tstr_steps=tstr_steps)
+    return evaluate(dataset, x_syn, y_syn, key, args)
 
 
 def write_membership(run_dir: RunDir, fed: FederatedData) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from fedjax_gen.runners.fedgan import main
 
 TINY = ["--clients", "20", "--clients-per-round", "4", "--max-train", "300", "--width", "8",
         "--latent-dim", "8", "--local-steps", "2", "--batch-size", "8", "--gen-steps", "1",
-        "--num-synthetic", "200", "--tstr-steps", "30", "--no-progress", "--execution", "loop"]
+        "--num-synthetic", "200", "--tstr-steps", "30", "--fid-classifier-steps", "100",
+        "--no-progress", "--execution", "loop"]
 
 
 def _run(argv, capsys):
@@ -20,9 +22,16 @@ def _run(argv, capsys):
     return code, capsys.readouterr().err.strip()
 
 
-def test_run_directory_contract_and_resume(tmp_path, capsys):
-    out = str(tmp_path / "run")
-    assert _run(TINY + ["--rounds", "2", "--checkpoint-every", "1", "--out", out], capsys)[0] == 0
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One 2-round run shared by the tests below (each main() call compiles a round)."""
+    out = str(tmp_path_factory.mktemp("fedgan") / "run")
+    assert cli.run(main, TINY + ["--rounds", "2", "--checkpoint-every", "1", "--out", out]) == 0
+    return out
+
+
+def test_run_directory_contract_and_resume(tiny_run, capsys):
+    out = tiny_run
     for name in ("config.json", "metrics.jsonl", "results.json", "samples.png", "synthetic.npz",
                  "membership.npz", "checkpoints"):
         assert os.path.exists(os.path.join(out, name)), name
@@ -74,9 +83,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv,
     assert not out.exists()
 
 
-def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
+def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path, capsys):
     src = tmp_path / "src"
-    assert _run(TINY + ["--rounds", "1", "--out", str(src)], capsys)[0] == 0
+    shutil.copytree(os.path.join(tiny_run, "checkpoints"), src / "checkpoints")
     for root, _, files in os.walk(src / "checkpoints" / "1"):
         for f in files:
             with open(os.path.join(root, f), "wb") as fh:
