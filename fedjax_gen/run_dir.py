@@ -9,6 +9,12 @@ RUN_DIR/
   synthetic.npz      x uint8 (the real data's shape), y int32 labels
   membership.npz     ground truth for attacks: train_client [N_train] (client id or -1),
                      members (indices into x_train held by clients), nonmembers (x_test)
+  uploads.npz        (one-shot runs, --save-uploads N) what the server received from clients
+                     0..N-1. DOSFL: x uint8 [M, H, W, C] distilled images, y int32 [M], owner
+                     int32 [M] (client id). DENSE: client_ids int32 [C] and one array per leaf
+                     of the stacked upload pytree, named tree/<path> (tree/params/Dense_0/kernel,
+                     tree/feat_mean, ...; see runners/one_shot.py read_tree_uploads)
+  attack_results.json, attack_*.png   written by experiments/attack.py
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Two views, both from chunked nearest-neighbour distances (`nearest`):
   * per private example (an MIA, as full black-box GAN-Leaks with the distilled images as
     the "generated" set): score = -min distance to the client's distilled images; members vs
     non-members -> AUC / TPR@FPR.
-Vmapped over clients: distilled [C, M, ...] and padded members [C, N, ...] with a mask.
+Vmapped over clients: distilled [C, M, ...] and padded members [C, N, ...], each with an
+optional mask (clients upload different numbers of images).
 """
 
 from __future__ import annotations
@@ -30,44 +31,49 @@ def _float(x):
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
-def client_distances(distilled, members, member_mask, nonmembers, chunk: int = 1024):
-    """distilled [C, M, H, W, Ch] ([-1, 1] floats or uint8); members [C, N, ...] padded with
-    member_mask [C, N]; nonmembers [K, ...] shared, K >= N. Returns dict of:
+def client_distances(distilled, members, member_mask, nonmembers, chunk: int = 1024, distilled_mask=None):
+    """distilled [C, M, H, W, Ch] ([-1, 1] floats or uint8), padded with distilled_mask [C, M]
+    (None: all real; padded rows get distances too: mask them on the host); members [C, N, ...]
+    padded with member_mask [C, N]; nonmembers [K, ...] shared, K >= N. Returns dict of:
       d_member [C, M], idx_member [C, M]   distilled -> nearest real member
       d_non [C, M], idx_non [C, M]         distilled -> nearest non-member
       mia_member [C, N], mia_non [C, K]    private/held-out example -> nearest distilled image
     (squared L2 on the [-1, 1] scale)."""
 
-    def one(dist, mem, mask):
+    if distilled_mask is None:
+        distilled_mask = jnp.ones(distilled.shape[:2], bool)
+
+    def one(dist, dmask, mem, mask):
         dist = _float(dist)
         dm, im = min_sq_distances(dist, mem, r_mask=mask, q_chunk=chunk, g_chunk=chunk)
         same_size = jnp.arange(nonmembers.shape[0]) < jnp.sum(mask)
         dn, i_n = min_sq_distances(dist, nonmembers, r_mask=same_size, q_chunk=chunk, g_chunk=chunk)
-        mm, _ = min_sq_distances(mem, dist, q_chunk=chunk, g_chunk=chunk)
-        mn, _ = min_sq_distances(nonmembers, dist, q_chunk=chunk, g_chunk=chunk)
+        mm, _ = min_sq_distances(mem, dist, r_mask=dmask, q_chunk=chunk, g_chunk=chunk)
+        mn, _ = min_sq_distances(nonmembers, dist, r_mask=dmask, q_chunk=chunk, g_chunk=chunk)
         return {"d_member": dm, "idx_member": im, "d_non": dn, "idx_non": i_n,
                 "mia_member": mm, "mia_non": mn}
 
-    return jax.vmap(one)(distilled, members, member_mask)
+    return jax.vmap(one)(distilled, distilled_mask, members, member_mask)
 
 
-def distilled_report(distilled, members, member_mask, nonmembers) -> dict:
-    """Host-side summary of `client_distances` pooled over clients."""
+def distilled_report(distilled, members, member_mask, nonmembers, distilled_mask=None) -> dict:
+    """Host-side summary of `client_distances` pooled over clients (real distilled rows only)."""
     mask = np.asarray(member_mask, bool)
+    dmask = np.ones(np.shape(distilled)[:2], bool) if distilled_mask is None else np.asarray(distilled_mask, bool)
     if len(nonmembers) < mask.shape[1]:
         raise ValueError(f"need >= {mask.shape[1]} non-members (as many as a client's members)")
-    d = jax.tree.map(np.asarray, client_distances(distilled, members, mask, nonmembers))
+    d = jax.tree.map(np.asarray, client_distances(distilled, members, mask, nonmembers, distilled_mask=dmask))
     dist = np.asarray(_float(jnp.asarray(distilled)))
-    c, m = d["d_member"].shape
-    best = np.stack([np.asarray(_float(jnp.asarray(members[i])))[d["idx_member"][i]] for i in range(c)])
-    flat_dist, flat_best = dist.reshape((c * m,) + dist.shape[2:]), best.reshape((c * m,) + dist.shape[2:])
+    best = np.stack([np.asarray(_float(jnp.asarray(members[i])))[d["idx_member"][i]] for i in range(len(dist))])
+    flat_dist, flat_best = dist[dmask], best[dmask]
     d_pix = float(np.prod(dist.shape[2:]))
+    dm, dn = d["d_member"][dmask], d["d_non"][dmask]
     return {
-        "closer_to_member": float(np.mean(d["d_member"] < d["d_non"])),
-        "auc_distilled_closer": roc_auc(-d["d_member"].ravel(), -d["d_non"].ravel()),
-        "best_match_mse": float(np.mean(d["d_member"]) / d_pix),
+        "closer_to_member": float(np.mean(dm < dn)),
+        "auc_distilled_closer": roc_auc(-dm, -dn),
+        "best_match_mse": float(np.mean(dm) / d_pix),
         "best_match_psnr": float(np.mean(psnr(flat_dist, flat_best))),
         "best_match_ssim": float(np.mean(ssim(flat_dist, flat_best))),
         "mia": mia_report(-d["mia_member"][mask], -d["mia_non"].ravel()),
-        "num_distilled": int(c * m),
+        "num_distilled": int(dmask.sum()),
     }

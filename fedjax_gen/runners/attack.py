@@ -1,6 +1,7 @@
 """Privacy attacks on a finished run: `python experiments/attack.py --run RUN_DIR`.
 
-Reads the run directory contract (config.json, membership.npz, synthetic.npz, checkpoints/),
+Reads the run directory contract (config.json, membership.npz, synthetic.npz, checkpoints/,
+uploads.npz),
 rebuilds the dataset with the run's own flags, draws balanced member / non-member queries,
 runs the selected attacks and writes RUN_DIR/attack_results.json (merged with earlier
 attacks) plus image grids (attack_*.png).
@@ -14,6 +15,13 @@ Attacks on GAN runs (config.json has "gan_config"):
   gi      gradient inversion of one-example discriminator updates of member examples
   active  imprint (Robbing the Fed) on clients' batches, with example/user-level DP sweeps
 With --reference RUN_DIR, fbb/pbb/wb also report calibrated variants (fbb_cal, ...).
+
+Attacks on one-shot runs (DP-MERF, DOSFL, DENSE; default: every one that applies), the
+server being honest but curious (uploads.npz: see runners/attack_uploads.py):
+  fbb         GAN-Leaks full black-box on synthetic.npz (all three)
+  classifier  DENSE: loss / confidence MIA on the uploaded client classifiers
+  inversion   DENSE: model inversion of the uploaded client classifiers (attack_inversion.png)
+  distilled   DOSFL: uploaded distilled images vs their owner's private examples
 """
 
 from __future__ import annotations
@@ -35,18 +43,27 @@ from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.errors import UserError
 from fedjax_gen.privacy.dp_config import DPConfig
 from fedjax_gen.run_dir import RunDir
+from fedjax_gen.runners import attack_uploads
 from fedjax_gen.viz import save_grid
 
 GAN_ATTACKS = ("fbb", "pbb", "wb", "logan", "gi", "active")
 _NEEDS_CHECKPOINT = {"pbb", "wb", "logan", "gi"}
+# run kind (by its config.json section) -> the attacks that apply; the first entry is the default
+ATTACKS = {"gan": (GAN_ATTACKS, ("fbb", "pbb", "wb", "logan")),
+           "dense": (("fbb", "classifier", "inversion"),) * 2,
+           "dosfl": (("fbb", "distilled"),) * 2,
+           "dp_merf": (("fbb",),) * 2}
+_CONFIG_SECTION = {"gan_config": "gan", "dense_config": "dense", "dosfl_config": "dosfl", "merf_config": "dp_merf"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="the run directory to attack")
-    p.add_argument("--attacks", default="fbb,pbb,wb,logan",
-                   help=f"comma-separated subset of {','.join(GAN_ATTACKS)}, or 'all'")
+    p.add_argument("--attacks", default=None,
+                   help=f"comma-separated; GAN runs: {','.join(ATTACKS['gan'][0])} (default fbb,pbb,wb,logan); "
+                        "DENSE: fbb,classifier,inversion; DOSFL: fbb,distilled; DP-MERF: fbb "
+                        "(one-shot default: all); or 'all'")
     p.add_argument("--num-queries", type=int, default=200, help="members and non-members each")
     p.add_argument("--reference", default=None, metavar="RUN_DIR",
                    help="run trained on disjoint data: adds calibrated fbb/pbb/wb scores")
@@ -58,38 +75,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="pbb/wb: Adam learning rate")
     p.add_argument("--gi-clients", type=int, default=4, help="gi: member examples inverted")
     p.add_argument("--gi-steps", type=int, default=500)
+    p.add_argument("--max-clients", type=int, default=50,
+                   help="classifier/inversion/distilled: attack at most this many clients' uploads")
+    p.add_argument("--inversion-clients", type=int, default=10, help="inversion: clients inverted")
+    p.add_argument("--inversion-steps", type=int, default=300, help="inversion: Adam steps per class")
     p.add_argument("--seed", type=int, default=0)
     return p
 
 
 @dataclasses.dataclass
 class _Target:
-    """A GAN run opened for attack."""
+    """A run opened for attack."""
 
     run_dir: RunDir
     config: dict
+    kind: str  # a key of ATTACKS
     dataset: fdata.Dataset
     membership: dict
-    cfg: object  # GANConfig
-    state: object | None  # GANState, when a checkpoint is needed
+    cfg: object  # GANConfig (gan), DENSEConfig (dense) or None
+    state: object | None = None  # GANState, when a checkpoint is needed
+
+    @property
+    def conditional(self) -> bool:
+        """Whether synthetic.npz's labels match the classes (one-shot sets always do)."""
+        return self.kind != "gan" or self.cfg.num_classes > 0
 
 
-def _open_run(path: str, need_state: bool, what: str = "--run") -> _Target:
-    from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
+def _gan_config(config: dict):
+    from fedjax_gen.algorithms import GANConfig
 
+    gc = dict(config["gan_config"])
+    gc["image_shape"] = tuple(gc["image_shape"])
+    gc["dp"] = DPConfig(**gc["dp"])
+    return GANConfig(**gc)
+
+
+def _open_run(path: str, what: str = "--run") -> _Target:
     rd = RunDir(path)
     if not os.path.isdir(rd.path) or not rd.exists():
         raise UserError(f"{what} {path}: not a fedjax_gen run directory (no config.json); "
                         "pass the --out of a finished experiment")
     config = rd.read_json("config.json")
     flags = config.get("flags", {})
-    if "gan_config" not in config:
-        raise UserError(f"{what} {path}: algorithm {flags.get('algorithm')!r} has no GAN; this runner "
-                        "attacks GAN runs (use fedjax_gen.attacks.* functions on other artefacts)")
-    gc = dict(config["gan_config"])
-    gc["image_shape"] = tuple(gc["image_shape"])
-    gc["dp"] = DPConfig(**gc["dp"])
-    cfg = GANConfig(**gc)
+    kinds = [k for section, k in _CONFIG_SECTION.items() if section in config]
+    if not kinds:
+        raise UserError(f"{what} {path}: algorithm {flags.get('algorithm')!r} has no attackable artefacts; "
+                        f"this runner attacks runs whose config.json has one of {', '.join(_CONFIG_SECTION)}")
+    kind = kinds[0]
+    cfg = {"gan": _gan_config, "dense": attack_uploads.dense_config}.get(kind, lambda c: None)(config)
     dataset = fdata.load_dataset(flags["dataset"], flags.get("data_dir"))
     if flags.get("max_train") is not None:
         dataset = fdata.subsample(dataset, flags["max_train"], None, flags["seed"])
@@ -98,15 +131,29 @@ def _open_run(path: str, need_state: bool, what: str = "--run") -> _Target:
             or membership["nonmembers"].max(initial=-1) >= len(dataset.y_test)):
         raise UserError(f"{what} {path}: membership.npz indexes beyond the rebuilt dataset; "
                         "the dataset changed since the run (rebuild it as the run did)")
-    state = None
-    if need_state:
-        if not os.path.isdir(rd.checkpoint_dir):
-            raise UserError(f"{what} {path}: no checkpoints/ directory; these attacks need the "
-                            "final G/D: rerun training with checkpoints or choose --attacks fbb")
-        algorithm = GAN_ALGORITHMS[flags["algorithm"]](cfg)
-        abstract = jax.eval_shape(algorithm.init, jax.random.key(0))
-        state = Checkpointer(rd.checkpoint_dir, create=False).restore(None, abstract)
-    return _Target(rd, config, dataset, membership, cfg, state)
+    return _Target(rd, config, kind, dataset, membership, cfg)
+
+
+def _load_gan_state(t: _Target, what: str = "--run") -> None:
+    from fedjax_gen.algorithms import GAN_ALGORITHMS
+
+    if not os.path.isdir(t.run_dir.checkpoint_dir):
+        raise UserError(f"{what} {t.run_dir.path}: no checkpoints/ directory; these attacks need the "
+                        "final G/D: rerun training with checkpoints or choose --attacks fbb")
+    algorithm = GAN_ALGORITHMS[t.config["flags"]["algorithm"]](t.cfg)
+    abstract = jax.eval_shape(algorithm.init, jax.random.key(0))
+    t.state = Checkpointer(t.run_dir.checkpoint_dir, create=False).restore(None, abstract)
+
+
+def _select_attacks(spec: str | None, kind: str) -> tuple[str, ...]:
+    available, default = ATTACKS[kind]
+    if spec is None:
+        return default
+    attacks = available if spec == "all" else tuple(a.strip() for a in spec.split(",") if a.strip())
+    bad = [a for a in attacks if a not in available]
+    if bad or not attacks:
+        raise UserError(f"unknown attacks {bad} for a {kind} run: choose from {','.join(available)} or all")
+    return attacks
 
 
 def _read_npz(rd: RunDir, name: str) -> dict:
@@ -148,7 +195,7 @@ def _generated(t: _Target, num: int, key):
 
 def _fbb(t, queries, num_generated, key):
     xg, yg = _generated(t, num_generated, key)
-    cond = t.cfg.num_classes > 0
+    cond = t.conditional
     return np.concatenate([
         np.asarray(membership_gan.fbb_scores(x, xg, y if cond else None, yg if cond else None))
         for x, y in queries])
@@ -217,21 +264,58 @@ def _active(t, key):
             "user_dp": active.dp_sweep(params, x, y, key, sigmas, "user")}
 
 
+def _open_reference(args, attacks, t: _Target) -> _Target:
+    ref = _open_run(args.reference, what="--reference")
+    if ref.dataset.image_shape != t.dataset.image_shape:
+        raise UserError("--reference has another image shape; train it on the same kind of data")
+    if {"pbb", "wb"} & set(attacks):
+        if ref.kind != "gan":
+            raise UserError("--reference: calibrating pbb/wb needs a GAN run")
+        _load_gan_state(ref, what="--reference")
+    return ref
+
+
+def _upload_attack(t: _Target, name: str, args, key) -> dict:
+    """classifier / inversion (DENSE) and distilled (DOSFL) on uploads.npz."""
+    owner = t.membership["train_client"]
+    nonmembers = np.random.default_rng(args.seed).permutation(t.membership["nonmembers"])
+    if name == "distilled":
+        return attack_uploads.distilled(t.run_dir, t.dataset, owner, nonmembers, args.max_clients)
+    model, params, ids = attack_uploads.dense_classifiers(t.run_dir, t.cfg, args.max_clients)
+    if name == "classifier":
+        return attack_uploads.classifier_mia(model, params, ids, t.dataset, owner, nonmembers[:args.num_queries])
+    n = min(args.inversion_clients, len(ids))
+    report, recon = attack_uploads.inversion(model, jax.tree.map(lambda a: a[:n], params), ids[:n], t.dataset,
+                                             owner, nonmembers, key, args.inversion_steps, args.seed)
+    save_grid(t.run_dir.file("attack_inversion.png"), _grid_rows(*recon[:8], cols=recon.shape[1]))
+    return report
+
+
+def _summary(report: dict, prefix: str = "") -> str:
+    """auc-like floats of a (nested) report, for the progress line."""
+    parts = []
+    for k, v in report.items():
+        if isinstance(v, dict):
+            parts.append(_summary(v, f"{prefix}{k}."))
+        elif isinstance(v, float):
+            parts.append(f"{prefix}{k}={v:.4g}")
+    return ", ".join(p for p in parts if p)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    attacks = GAN_ATTACKS if args.attacks == "all" else tuple(a.strip() for a in args.attacks.split(",") if a.strip())
-    bad = [a for a in attacks if a not in GAN_ATTACKS]
-    if bad or not attacks:
-        raise UserError(f"unknown attacks {bad}: choose from {','.join(GAN_ATTACKS)} or all")
     if args.num_queries < 2:
         raise UserError("--num-queries must be >= 2")
-    need_state = bool(_NEEDS_CHECKPOINT & set(attacks)) or args.num_generated > 0
-    t = _open_run(args.run, need_state)
-    ref = None
-    if args.reference:
-        ref = _open_run(args.reference, need_state=bool({"pbb", "wb"} & set(attacks)), what="--reference")
-        if ref.cfg.image_shape != t.cfg.image_shape:
-            raise UserError("--reference has another image shape; train it on the same kind of data")
+    for name in ("max_clients", "inversion_clients", "inversion_steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    t = _open_run(args.run)
+    attacks = _select_attacks(args.attacks, t.kind)
+    if args.num_generated > 0 and t.kind != "gan":
+        raise UserError("--num-generated needs a GAN run; one-shot runs are attacked through synthetic.npz")
+    if bool(_NEEDS_CHECKPOINT & set(attacks)) or args.num_generated > 0:
+        _load_gan_state(t)
+    ref = _open_reference(args, attacks, t) if args.reference else None
     members, nonmembers, _ = _queries(t, args.num_queries, args.seed)
     queries, n_mem = (members, nonmembers), len(members[1])
     root = jax.random.key(args.seed)
@@ -265,9 +349,10 @@ def main(argv=None):
             out["gi"] = _gi(t, members, args, key)
         elif name == "active":
             out["active"] = _active(t, key)
+        else:
+            out[name] = _upload_attack(t, name, args, key)
         timings[name] = time.time() - t0
-        print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in out.get(name, {}).items()
-                                        if isinstance(v, float)), flush=True)
+        print(f"  {name}: {_summary(out.get(name, {}))}", flush=True)
     prev = t.run_dir.read_json("attack_results.json") if os.path.exists(
         t.run_dir.file("attack_results.json")) else {"attacks": {}}
     results = {
@@ -275,8 +360,9 @@ def main(argv=None):
         "num_members": n_mem, "num_nonmembers": len(nonmembers[1]), "seed": args.seed,
         "reference": os.path.abspath(args.reference) if args.reference else None,
         "reference_member_overlap": _overlap(members[0], ref) if ref is not None else None,
-        "settings": {k: getattr(args, k) for k in ("num_generated", "steps", "restarts", "directions",
-                                                   "lr", "gi_clients", "gi_steps")},
+        "settings": {k: getattr(args, k) for k in ("num_generated", "steps", "restarts", "directions", "lr",
+                                                   "gi_clients", "gi_steps", "max_clients", "inversion_clients",
+                                                   "inversion_steps")},
         "attacks": {**prev.get("attacks", {}), **out},
         "seconds": {**prev.get("seconds", {}), **timings},
     }

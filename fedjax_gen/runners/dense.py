@@ -5,7 +5,8 @@ Flow: parse flags -> validate -> run directory -> every client trains its classi
 from the broadcast common init (`map_clients` collects the models) -> the server trains
 a conditional generator against the ensemble and distils a global student from it ->
 checkpoint (generator + student), synthetic.npz, samples.png, results.json (with the
-student's test accuracy as global_model_accuracy).
+student's test accuracy as global_model_accuracy); uploads.npz holds the first
+--save-uploads clients' uploads (classifier params + feature statistics) for attacks.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--client-lr", type=float, default=1e-3)
     one_shot.add_execution_flag(g)
+    one_shot.add_upload_flag(g)
     g = p.add_argument_group("server (generator + student distillation)")
     g.add_argument("--server-steps", type=int, default=500, help="generator steps (each followed by student steps)")
     g.add_argument("--student-steps", type=int, default=2)
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     fed = prepare_federated_data(args)
+    one_shot.saved_clients(args)
     one_shot.check_positive(args, "client_width", "local_steps", "batch_size", "server_steps",
                             "student_steps", "ensemble_size", "gen_batch_size", "num_synthetic", "log_every")
     mesh = client_mesh()
@@ -96,6 +99,9 @@ def _run(args, cfg, execution, fed, run_dir, mesh):
     jax.block_until_ready(uploads)
     t_clients = time.time() - t0
     run_dir.append_metrics({"round": 1, "step": 0, "phase": "clients", "seconds": t_clients})
+    n_saved = one_shot.saved_clients(args)
+    if n_saved:
+        one_shot.write_tree_uploads(run_dir, jax.tree.map(lambda a: a[:n_saved], uploads), ids[:n_saved])
 
     state = jax.jit(dense.init_server, static_argnums=0)(cfg, gen_key, common)
     step = dense.make_server_step(cfg, args.clients)

@@ -3,7 +3,8 @@
 
 Flow: parse flags -> validate -> run directory -> every client distils its data once
 (`map_clients` collects the uploads) -> the server concatenates them (subsampled
-to --num-synthetic when given; the default 0 keeps them all) -> checkpoint, synthetic.npz, samples.png, results.json.
+to --num-synthetic when given; the default 0 keeps them all) -> checkpoint, synthetic.npz, samples.png, results.json,
+and uploads.npz (the first --save-uploads clients' images with their owner ids, for attacks).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=32)
     g.add_argument("--init", default="noise", choices=("noise", "real"))
     one_shot.add_execution_flag(g)
+    one_shot.add_upload_flag(g)
     cli.add_output_flags(p)
     p.set_defaults(num_synthetic=0)  # 0: keep every uploaded image
     return p
@@ -47,6 +49,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     fed = prepare_federated_data(args)
     one_shot.check_positive(args, "ipc", "dm_steps", "batch_size", "width")
+    one_shot.saved_clients(args)
     if args.num_synthetic < 0:
         raise UserError(f"--num-synthetic must be >= 0 (0: keep all uploads), got {args.num_synthetic}")
     mesh = client_mesh()
@@ -66,6 +69,15 @@ def main(argv=None):
         return _run(args, cfg, execution, fed, run_dir, mesh)
 
 
+def _write_uploads(run_dir, x, y, owner, n_clients: int) -> None:
+    """uploads.npz: x uint8 [M, H, W, C], y int32 [M], owner int32 [M] (client id) for
+    the images that clients 0..n_clients-1 uploaded."""
+    if n_clients:
+        keep = owner < n_clients
+        run_dir.write_arrays("uploads.npz", x=np.asarray(x[keep], np.uint8), y=np.asarray(y[keep], np.int32),
+                             owner=np.asarray(owner[keep], np.int32))
+
+
 def _run(args, cfg, execution, fed, run_dir, mesh):
     root = jax.random.key(args.seed)
     client_key, select_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
@@ -77,6 +89,8 @@ def _run(args, cfg, execution, fed, run_dir, mesh):
     valid = up["valid"].reshape(-1)
     x = up["x"].reshape((-1,) + cfg.image_shape)[valid]
     y = up["y"].reshape(-1)[valid]
+    owner = np.repeat(np.asarray(ids), up["valid"].shape[1])[valid]
+    _write_uploads(run_dir, x, y, owner, one_shot.saved_clients(args))
     uploaded = len(y)
     if args.num_synthetic and uploaded > args.num_synthetic:  # uniform subsample, every class kept in proportion
         keep = np.sort(np.asarray(jax.random.choice(select_key, uploaded, (args.num_synthetic,), replace=False)))

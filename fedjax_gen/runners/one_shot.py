@@ -1,5 +1,6 @@
 """What the one-shot baselines (DP-MERF, DOSFL, DENSE) share: flags, client execution,
-and the end of a run (checkpoint, synthetic set, evaluation, results.json).
+the end of a run (checkpoint, synthetic set, evaluation, results.json), and uploads.npz
+(what an honest-but-curious server received, for fedjax_gen.runners.attack).
 
 A one-shot method talks to every client exactly once, so its results say "rounds": 1
 and "clients_per_round" equals the population; bytes are the totals of that exchange.
@@ -28,6 +29,46 @@ def client_execution(spec: str, num_devices: int) -> Execution:
     return default_execution("mlp", num_devices=num_devices) if spec == "auto" else parse_execution(spec, num_devices)
 
 
+def add_upload_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save-uploads", type=int, default=50, metavar="N",
+                   help="write clients 0..N-1's uploads, as the server received them, to uploads.npz "
+                        "(for experiments/attack.py; 0: none)")
+
+
+def saved_clients(args) -> int:
+    """How many clients' uploads go to uploads.npz (the first ones by id)."""
+    if args.save_uploads < 0:
+        raise UserError(f"--save-uploads must be >= 0, got {args.save_uploads}")
+    return min(args.save_uploads, args.clients)
+
+
+_TREE = "tree/"
+
+
+def _leaf_name(path) -> str:
+    return _TREE + jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def write_tree_uploads(run_dir: RunDir, stacked, client_ids) -> None:
+    """uploads.npz for pytree uploads stacked over a leading client axis: one array per
+    leaf named tree/<path> (e.g. tree/params/Dense_0/kernel), and client_ids [C]."""
+    leaves = jax.tree_util.tree_flatten_with_path(stacked)[0]
+    run_dir.write_arrays("uploads.npz", client_ids=np.asarray(client_ids, np.int32),
+                         **{_leaf_name(p): np.asarray(v) for p, v in leaves})
+
+
+def read_tree_uploads(arrays: dict, template, under: str = ""):
+    """Inverse of write_tree_uploads for the subtree `under` (e.g. "params"): `template`
+    (one client's pytree, abstract is fine) gives the structure; leaves come back stacked."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    prefix = _TREE + (under + "/" if under else "")
+    names = [prefix + _leaf_name(p)[len(_TREE):] for p, _ in paths]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise UserError(f"uploads.npz lacks {missing[:3]}: written by another model configuration?")
+    return jax.tree_util.tree_unflatten(treedef, [arrays[n] for n in names])
+
+
 def check_positive(args, *names: str) -> None:
     for name in names:
         if getattr(args, name) < 1:
@@ -48,7 +89,7 @@ def finish(run_dir: RunDir, args, fed, *, algorithm: str, state, x_syn: np.ndarr
     ckpt = Checkpointer(run_dir.checkpoint_dir)
     ckpt.save(1, state)
     ckpt.close()
-    evaluation = export_and_evaluate(run_dir, fed.dataset, x_syn, y_syn, key, args.tstr_steps)
+    evaluation = export_and_evaluate(run_dir, fed.dataset, x_syn, y_syn, key, args)
     results = {
         "dataset": args.dataset, "algorithm": algorithm, "partition": args.partition,
         "clients": args.clients, "clients_per_round": args.clients, "rounds": 1, **evaluation,

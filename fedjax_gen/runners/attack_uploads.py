@@ -1,0 +1,113 @@
+"""Attacks on what a one-shot server received (RUN_DIR/uploads.npz), for runners/attack.py.
+
+  classifier  DENSE: loss / confidence MIA (Yeom) on each uploaded client classifier; members
+              are that client's own examples (membership.npz train_client), non-members are
+              held-out test examples
+  inversion   DENSE: class-score model inversion of each client classifier; each class's
+              reconstruction vs the client's nearest member and nearest non-member of that class
+              (non-members drawn to match the client's class counts, so neither set is larger)
+  distilled   DOSFL: the uploaded distilled images vs their owner's private examples
+
+Every function takes the rebuilt dataset and membership.npz arrays and returns a JSON-able
+report (plus, for inversion, the reconstructions for a grid).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_gen.algorithms import dense
+from fedjax_gen.attacks import distilled_match, membership_classifier, model_inversion
+from fedjax_gen.errors import UserError
+from fedjax_gen.run_dir import RunDir
+from fedjax_gen.runners import one_shot
+
+
+def read_uploads(run_dir: RunDir) -> dict:
+    try:
+        with np.load(run_dir.file("uploads.npz")) as f:
+            return {k: f[k] for k in f.files}
+    except OSError:
+        raise UserError(f"{run_dir.path} has no readable uploads.npz: rerun the experiment with "
+                        "--save-uploads N > 0 (runs made before uploads were saved lack it)") from None
+
+
+def dense_config(config: dict) -> dense.DENSEConfig:
+    return dense.DENSEConfig(**{**config["dense_config"], "image_shape": tuple(config["dense_config"]["image_shape"])})
+
+
+def dense_classifiers(run_dir: RunDir, cfg: dense.DENSEConfig, max_clients: int):
+    """(model, stacked params [C, ...], client ids [C]) of the first max_clients uploads."""
+    model = cfg.classifier("im2col")  # vmapped over per-client weights
+    arrays = read_uploads(run_dir)
+    template = jax.eval_shape(model.init, jax.random.key(0))
+    params = one_shot.read_tree_uploads(arrays, template, under="params")
+    n = min(max_clients, len(arrays["client_ids"]))
+    return model, jax.tree.map(lambda a: jnp.asarray(a[:n]), params), arrays["client_ids"][:n]
+
+
+def _padded(idx_lists):
+    """Ragged index lists -> (idx [C, N] padded with the row's first index or 0, mask [C, N])."""
+    n = max(1, max(len(i) for i in idx_lists))
+    idx = np.stack([np.pad(i, (0, n - len(i)), constant_values=i[0] if len(i) else 0) for i in idx_lists])
+    return idx, np.arange(n)[None, :] < np.array([len(i) for i in idx_lists])[:, None]
+
+
+def _members_of(owner, client_ids):
+    return [np.flatnonzero(owner == c) for c in client_ids]
+
+
+def classifier_mia(model, params, client_ids, dataset, owner, nonmembers) -> dict:
+    """Yeom loss / confidence MIA, pooled over (client model, example) pairs."""
+    idx, mask = _padded(_members_of(owner, client_ids))
+    if not mask.any():
+        return {"skipped": "the attacked clients hold no training examples"}
+    scores = membership_classifier.client_scores(
+        model, params, dataset.x_train[idx], dataset.y_train[idx],
+        dataset.x_test[nonmembers], dataset.y_test[nonmembers])
+    return membership_classifier.classifier_mia_report(scores, mask)
+
+
+def matched_nonmembers(rng, y_members, y_pool, pool_idx):
+    """As many non-members of each class as the members have (fewer if the pool runs out)."""
+    out = [rng.choice(pool_idx[y_pool[pool_idx] == c], min(n, int(np.sum(y_pool[pool_idx] == c))), replace=False)
+           for c, n in zip(*np.unique(y_members, return_counts=True))]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def inversion(model, params, client_ids, dataset, owner, nonmembers, key, steps: int, seed: int):
+    """(report averaged over clients, reconstructions [C, K, H, W, Ch] in [-1, 1])."""
+    classes = jnp.arange(dataset.num_classes)
+    recon = np.asarray(model_inversion.invert_clients(
+        model, params, classes, key, image_shape=dataset.image_shape,
+        cfg=model_inversion.InversionConfig(steps=steps)))
+    rng = np.random.default_rng(seed)
+    reports = []
+    for i, mi in enumerate(_members_of(owner, client_ids)):
+        ni = matched_nonmembers(rng, dataset.y_train[mi], dataset.y_test, nonmembers)
+        if len(mi) and len(ni):
+            reports.append(model_inversion.inversion_report(
+                recon[i], classes, dataset.x_train[mi], dataset.y_train[mi], dataset.x_test[ni], dataset.y_test[ni]))
+    reports = [r for r in reports if r["num_classes"] > 0]
+    if not reports:
+        return {"skipped": "no attacked client shares a class with the non-members"}, recon
+    keys = [k for k in reports[0] if k != "num_classes"]
+    return {**{k: float(np.mean([r[k] for r in reports])) for k in keys}, "num_clients": len(reports),
+            "num_client_classes": int(sum(r["num_classes"] for r in reports)), "steps": steps}, recon
+
+
+def distilled(run_dir: RunDir, dataset, owner, nonmembers, max_clients: int) -> dict:
+    """DOSFL: nearest-neighbour report of each attacked client's uploaded images."""
+    up = read_uploads(run_dir)
+    client_ids = np.unique(up["owner"])[:max_clients]
+    if not len(client_ids):
+        return {"skipped": "uploads.npz holds no images"}
+    d_idx, d_mask = _padded([np.flatnonzero(up["owner"] == c) for c in client_ids])
+    m_idx, m_mask = _padded(_members_of(owner, client_ids))
+    if len(nonmembers) < m_mask.shape[1]:
+        raise UserError(f"distilled: {len(nonmembers)} non-members, but a client holds {m_mask.shape[1]} examples")
+    report = distilled_match.distilled_report(up["x"][d_idx], dataset.x_train[m_idx], m_mask,
+                                              dataset.x_test[nonmembers], distilled_mask=d_mask)
+    return {**report, "num_clients": len(client_ids)}
