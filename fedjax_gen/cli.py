@@ -29,6 +29,8 @@ def add_output_flags(p: argparse.ArgumentParser, default_synthetic: int = 2000) 
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     g.add_argument("--num-synthetic", type=int, default=default_synthetic, help="size of synthetic.npz")
     g.add_argument("--tstr-steps", type=int, default=None, help="classifier steps for TSTR (default: metrics' own)")
+    g.add_argument("--fid-classifier-steps", type=int, default=1000,
+                   help="training steps of the FID domain classifier (cached per dataset and steps)")
 
 
 def add_dp_flags(p: argparse.ArgumentParser) -> None:
@@ -43,6 +45,16 @@ def add_dp_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distributed-noise", action="store_true",
                    help="user level: each client adds its share of the noise")
     g.add_argument("--microbatch-size", type=int, default=None, help="per-example grads materialised at once")
+
+
+def add_distributed_flags(p: argparse.ArgumentParser) -> None:
+    """Multi-process runs (fedjax_gen.distributed.maybe_initialize); unset: the env vars
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, then SLURM, else one process."""
+    g = p.add_argument_group("distributed")
+    g.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                   help="process 0's address; every process passes the same one")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
 
 
 def default_out(name: str) -> str:

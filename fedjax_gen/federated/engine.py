@@ -22,7 +22,7 @@ from fedjax_gen.data.client_data import ClientData
 from fedjax_gen.errors import UserError
 from fedjax_gen.federated import execution as ex
 from fedjax_gen.federated.algorithm import FederatedAlgorithm
-from fedjax_gen.federated.mesh import replicated, round_up
+from fedjax_gen.federated.mesh import round_up
 
 
 def sample_clients(key, num_clients: int, clients_per_round: int, padded: int):
@@ -112,10 +112,11 @@ def make_round(
 
 
 def place(tree, mesh):
-    """Put host arrays on the mesh, replicated (data and server state)."""
-    if mesh is None:
-        return jax.device_put(tree)
-    return jax.device_put(tree, replicated(mesh))
+    """Put host arrays on the mesh, replicated (data and server state). Multi-process: the
+    mesh spans every process's devices and each process passes the same host value."""
+    from fedjax_gen.distributed import global_put
+
+    return global_put(tree, mesh)
 
 
 def scan_rounds(rnd: Round):

@@ -15,12 +15,13 @@ import time
 import jax
 from tqdm.auto import tqdm
 
-from fedjax_gen import cli
+from fedjax_gen import cli, distributed
 from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
 from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.errors import UserError
 from fedjax_gen.experiment import (
     balanced_labels,
+    evaluate,
     export_and_evaluate,
     generate,
     prepare_federated_data,
@@ -41,7 +42,7 @@ from fedjax_gen.run_dir import RunDir
 
 # Flags that may change when resuming a run (everything else must match the saved run).
 _RESUMABLE = {"rounds", "eval_every", "checkpoint_every", "execution", "num_synthetic", "resume",
-              "out", "tstr_steps", "progress"}
+              "out", "tstr_steps", "fid_classifier_steps", "progress", "coordinator_address", "num_processes", "process_id"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fork: start from another run's checkpoint with these flags")
     g.add_argument("--no-progress", dest="progress", action="store_false")
     cli.add_output_flags(p)
+    cli.add_distributed_flags(p)
     return p
 
 
@@ -141,10 +143,14 @@ def _privacy(args, fed):
 def main(argv=None):
     parser = build_parser()
     args = _resolve_args(parser, argv)
+    # Before anything touches a jax backend: a multi-process job's mesh spans all hosts.
+    distributed.maybe_initialize(getattr(args, "coordinator_address", None),
+                                 getattr(args, "num_processes", None), getattr(args, "process_id", None))
+    main_process = distributed.is_main_process()
     fed = prepare_federated_data(args)
     _validate(args, fed)
     dp, plan = _privacy(args, fed)
-    if plan is not None:
+    if plan is not None and main_process:
         eps = plan.report(args.rounds)["epsilon"]
         print(f"privacy: {dp.mode}-level, noise multiplier {dp.noise_multiplier:.4g}, "
               f"epsilon {eps:.3g} at delta {args.delta:g} after {args.rounds} rounds ({args.accountant})")
@@ -162,6 +168,9 @@ def main(argv=None):
                      execution=execution, mesh=mesh, example_state=state, example_data=fed.client_data)
 
     out = args.out or cli.default_out(args.algorithm)
+    if jax.process_count() > 1 and not args.out:
+        raise UserError("multi-process runs need an explicit --out (the same path, on a shared "
+                        "filesystem, in every process)")
     # Restore (resume / fork) before creating anything, so a bad checkpoint writes nothing.
     if args.resume:
         ckpt = Checkpointer(RunDir(out).checkpoint_dir, create=False)
@@ -178,13 +187,20 @@ def main(argv=None):
               "devices": n_dev, "backend": jax.default_backend(), "padded_clients_per_round": rnd.padded_clients,
               "max_examples": fed.client_data.max_examples}
     created = not args.resume
-    with removed_on_user_error(out, created):
+    with removed_on_user_error(out, created and main_process):
+        # Only process 0 writes the run directory and metrics; all processes take part in
+        # orbax's checkpoint saves (it coordinates multi-process writes itself).
         if args.resume:
             run_dir = RunDir(out)
-            run_dir.truncate_metrics(start_round)
-        else:
+            if main_process:
+                run_dir.truncate_metrics(start_round)
+        elif main_process:
             run_dir = RunDir.create(out, config, overwrite=args.overwrite)
             write_membership(run_dir, fed)
+        distributed.barrier("fedgan_run_dir")
+        if not main_process and not args.resume:
+            run_dir = RunDir(out)
+        if not args.resume:
             ckpt = Checkpointer(run_dir.checkpoint_dir)
         _train(args, cfg, rnd, state, fed, run_dir, ckpt, plan, mesh, start_round, train_key, eval_key)
 
@@ -206,8 +222,9 @@ def _sampler(cfg):
 
 
 def _train(args, cfg, rnd, state, fed, run_dir, ckpt, plan, mesh, start_round, train_key, eval_key):
+    main = distributed.is_main_process()
     data = place(fed.client_data, mesh)
-    state = place(state, mesh)
+    state = place(jax.device_get(state), mesh)
     schedule = plan.schedule(args.rounds)[0] if plan is not None else None
     sample = _sampler(cfg)
     ds = fed.dataset
@@ -221,13 +238,12 @@ def _train(args, cfg, rnd, state, fed, run_dir, ckpt, plan, mesh, start_round, t
         record = {"round": done, **{k: float(v) for k, v in metrics.items()}}
         if schedule is not None:
             record["epsilon"] = float(schedule[done - 1])
-        if args.eval_every and done % args.eval_every == 0 and done < args.rounds:
+        if args.eval_every and done % args.eval_every == 0 and done < args.rounds and main:
             labels = balanced_labels(min(args.num_synthetic, 2000), ds.num_classes)
-            x_syn = generate(sample, state.gen, labels, jax.random.fold_in(eval_key, done))
-            from fedjax_gen.metrics import evaluate_synthetic
-            record.update({f"eval_{k}": v for k, v in evaluate_synthetic(
-                ds, x_syn, labels, key=eval_key, tstr_steps=args.tstr_steps).items()})
-        run_dir.append_metrics(record)
+            x_syn = generate(sample, distributed.to_host(state.gen), labels, jax.random.fold_in(eval_key, done))
+            record.update({f"eval_{k}": v for k, v in evaluate(ds, x_syn, labels, eval_key, args).items()})
+        if main:
+            run_dir.append_metrics(record)
         if done % max(args.checkpoint_every, 1) == 0 or done == args.rounds:
             ckpt.save(done, state)  # block ends only (validated in _validate)
         if done % 10 == 0 or done == args.rounds:
@@ -237,10 +253,12 @@ def _train(args, cfg, rnd, state, fed, run_dir, ckpt, plan, mesh, start_round, t
     wall = time.time() - t0
     ckpt.close()
     rounds_run = args.rounds - start_round
+    if not main:
+        return None
 
     labels = balanced_labels(args.num_synthetic, ds.num_classes)
-    x_syn = generate(sample, state.gen, labels, eval_key)
-    evaluation = export_and_evaluate(run_dir, ds, x_syn, labels, eval_key, args.tstr_steps)
+    x_syn = generate(sample, distributed.to_host(state.gen), labels, eval_key)
+    evaluation = export_and_evaluate(run_dir, ds, x_syn, labels, eval_key, args)
     results = {
         "dataset": args.dataset, "algorithm": args.algorithm, "model": args.model,
         "clients": args.clients, "clients_per_round": args.clients_per_round,

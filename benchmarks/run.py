@@ -1,0 +1,326 @@
+"""The performance suite: federated GAN rounds, execution strategies, FLOP/s, DP overheads.
+
+  python benchmarks/run.py [--quick] [--out benchmarks/results/run.json]
+
+Sections (each prints a table; everything goes to one JSON file):
+  machine   lscpu model, cores, load averages, jax version, f32 matmul peak (a big jnp.dot,
+            measured in this run, the denominator of every "% of peak").
+  rounds    seconds per dp_fedavg_gan round (MNIST shape 28x28x1, synthetic uint8 data, 64
+            examples per client, 5 local steps, batch 32; every client of the population
+            participates) vs clients per round, MLP and DCGAN (im2col convs), for every
+            execution strategy side by side with a plain per-client Python loop over the
+            jitted client update (the reference). Compile (first call minus steady state)
+            is reported apart from the steady-state time (min over repeats; the median too,
+            the machine is shared). FLOPs from XLA's cost_analysis of the compiled one-client
+            program (x clients) plus the server update.
+  dp_step   DP-SGD discriminator step vs the non-private step (batch 64): two-pass and
+            ghost clipping, MLP and DCGAN discriminators.
+  dp_round  a whole 100-client MLP round with --dp none / example / user.
+
+A configuration whose predicted time exceeds --budget-s is skipped and listed as such.
+Timings on a shared machine are noisy: compare rows of one run, not runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
+from fedjax_gen.data.client_data import ClientData
+from fedjax_gen.federated import make_round, parse_execution
+from fedjax_gen.federated.execution import _one_client, default_execution
+from fedjax_gen.models import make_discriminator
+from fedjax_gen.privacy import add_gaussian_noise, clipped_grad_sum
+from fedjax_gen.privacy.dp_config import DPConfig
+
+EXAMPLES_PER_CLIENT = 64
+STRATEGIES = ("vmap", "vmap-rolled", "chunked:8", "chunked:16", "loop", "reference")
+
+
+def machine_info():
+    model = "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(),
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": len(jax.devices()), "load_average_start": os.getloadavg(),
+            "date": datetime.date.today().isoformat()}
+
+
+def maxrss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn, repeats):
+    """(first call s, [steady s]) with block_until_ready."""
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return first, times
+
+
+def matmul_peak(n=2048, repeats=10):
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    _, times = timed(lambda: f(a), repeats)
+    return {"n": n, "gflops_best": 2 * n**3 / min(times) / 1e9,
+            "gflops_median": 2 * n**3 / statistics.median(times) / 1e9}
+
+
+def synthetic_clients(num_clients, seed=0):
+    rng = np.random.default_rng(seed)
+    n = EXAMPLES_PER_CLIENT
+    return ClientData(
+        x=jnp.asarray(rng.integers(0, 256, (num_clients, n, 28, 28, 1), dtype=np.uint8)),
+        y=jnp.asarray(rng.integers(0, 10, (num_clients, n)), jnp.int32),
+        mask=jnp.ones((num_clients, n), bool),
+        counts=jnp.full((num_clients,), n, jnp.int32),
+    )
+
+
+def gan_config(model, dp=DPConfig(), unroll=True):
+    return GANConfig((28, 28, 1), 10, model=model, conv_impl="im2col" if model == "dcgan" else "xla",
+                     local_steps=5, batch_size=32, unroll=unroll, dp=dp)
+
+
+def flops_of(compiled):
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return float(cost.get("flops", 0.0))
+    except Exception:  # noqa: BLE001 - cost analysis is best effort
+        return 0.0
+
+
+def round_flops(algorithm, state, data):
+    """XLA's FLOP count of one client program (x clients per round) and the server update."""
+    message = algorithm.broadcast(state)
+    one = _one_client(algorithm.client_update)
+    key = jax.random.key(0)
+    client = flops_of(jax.jit(one).lower(message, data, jnp.int32(0), key, jnp.bool_(True)).compile())
+    out = jax.eval_shape(algorithm.client_update, message, jax.tree.map(lambda a: a[0], data), key)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+    server = flops_of(jax.jit(algorithm.server_update, static_argnums=2).lower(state, zeros, 1, key).compile())
+    return client, server
+
+
+def reference_round(algorithm, clients_per_round):
+    """The plain per-client loop: one jitted client update per client, summed on the host
+    side with jitted adds, then the jitted server update (all clients participate)."""
+    update = jax.jit(_one_client(algorithm.client_update))
+    add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+    server = jax.jit(algorithm.server_update, static_argnums=2)
+    keep = jnp.bool_(True)
+
+    def step(state, data, key):
+        k_clients, k_server = jax.random.split(key)
+        message = algorithm.broadcast(state)
+        total = None
+        for i in range(clients_per_round):
+            out = update(message, data, jnp.int32(i), jax.random.fold_in(k_clients, i), keep)
+            total = out if total is None else add(total, out)
+        return server(state, total, clients_per_round, k_server)
+
+    return step
+
+
+def bench_round(model, strategy, clients, data, repeats, dp=DPConfig()):
+    unroll = strategy != "vmap-rolled"
+    cfg = gan_config(model, dp, unroll)
+    algorithm = GAN_ALGORITHMS["dp_fedavg_gan"](cfg)
+    state0 = algorithm.init(jax.random.key(0))
+    if strategy == "reference":
+        step = reference_round(algorithm, clients)
+    else:
+        spec = "vmap" if strategy.startswith("vmap") else strategy
+        step = make_round(algorithm, num_clients=clients, clients_per_round=clients,
+                          execution=parse_execution(spec)).step
+    holder = {"state": jax.device_put(state0), "r": 0}
+
+    def call():
+        holder["r"] += 1
+        holder["state"], metrics = step(holder["state"], data, jax.random.key(holder["r"]))
+        return metrics
+
+    first, times = timed(call, repeats)
+    return cfg, algorithm, state0, first, times
+
+
+def section_rounds(args, peak, results):
+    print("\n== rounds: seconds per dp_fedavg_gan round (steady min / median), compile, FLOP/s")
+    header = (f"{'model':6s} {'clients':>7s} {'strategy':12s} {'round_s':>8s} {'median':>8s} "
+              f"{'ms/client':>9s} {'compile_s':>9s} {'GFLOP/s':>8s} {'%peak':>6s} {'rss_MB':>7s} {'load':>5s}")
+    print(header)
+    sizes = [10, 100] if args.quick else [10, 100, 1000, 10000]
+    models = args.models or (["mlp", "dcgan"])
+    strategies = args.strategies or list(STRATEGIES)
+    for model in models:
+        model_sizes = sizes if model == "mlp" else (args.dcgan_sizes or ([10] if args.quick else [10, 100]))
+        flops_cache = {}
+        per_client_s = {}
+        for clients in model_sizes:
+            data = synthetic_clients(clients)
+            for strategy in strategies:
+                est = per_client_s.get(strategy)
+                if est is not None and est * clients * (2 + args.repeats) > args.budget_s:
+                    results.append({"model": model, "clients": clients, "strategy": strategy,
+                                    "skipped": f"predicted {est * clients * (2 + args.repeats):.0f} s "
+                                               f"> budget {args.budget_s:.0f} s"})
+                    print(f"{model:6s} {clients:7d} {strategy:12s} skipped (predicted "
+                          f"{est * clients:.1f} s/round)")
+                    continue
+                cfg, algorithm, state0, first, times = bench_round(model, strategy, clients, data, args.repeats)
+                if clients not in flops_cache:
+                    c, s = round_flops(algorithm, state0, data)
+                    flops_cache[clients] = c * clients + s
+                best, med = min(times), statistics.median(times)
+                per_client_s[strategy] = best / clients
+                gflops = flops_cache[clients] / best / 1e9
+                row = {"model": model, "clients": clients, "strategy": strategy,
+                       "round_s": best, "round_s_median": med, "round_s_all": times,
+                       "ms_per_client": 1e3 * best / clients, "first_call_s": first,
+                       "compile_s": max(first - med, 0.0), "flops": flops_cache[clients],
+                       "gflops": gflops, "pct_of_peak": 100 * gflops / peak,
+                       "maxrss_mb": maxrss_mb(), "load_1m": os.getloadavg()[0]}
+                results.append(row)
+                print(f"{model:6s} {clients:7d} {strategy:12s} {best:8.3f} {med:8.3f} "
+                      f"{row['ms_per_client']:9.2f} {row['compile_s']:9.2f} {gflops:8.1f} "
+                      f"{row['pct_of_peak']:6.1f} {row['maxrss_mb']:7.0f} {row['load_1m']:5.1f}", flush=True)
+            del data
+
+
+def dp_step_rows(batch, repeats):
+    """DP-SGD discriminator step vs plain (the former benchmarks/dp_step.py), interleaved."""
+    print(f"\n== dp_step: discriminator SGD step, batch {batch} (ms, min over {repeats} interleaved)")
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, 28, 28, 1)), jnp.float32)
+    mask = jnp.ones((batch,), bool)
+    key = jax.random.key(0)
+    rows = []
+    for kind, impl in (("mlp", "xla"), ("dcgan", "xla"), ("dcgan", "im2col")):
+        model = make_discriminator(kind, (28, 28, 1), conv_impl=impl)
+        params = model.init(jax.random.key(1))
+
+        def batch_loss(p, x):
+            return jnp.mean(jax.nn.softplus(-model.apply(p, x)))
+
+        def example_loss(p, xi):
+            return jax.nn.softplus(-model.apply(p, xi[None])[0])
+
+        plain = jax.jit(lambda p, x: jax.tree.map(lambda a, g: a - 0.05 * g, p, jax.grad(batch_loss)(p, x)))
+        fns = {"plain": lambda: plain(params, x)}
+        for method in ("two_pass", "ghost"):
+            summed = clipped_grad_sum(example_loss, 1.0, method=method)
+            step = jax.jit(lambda p, x, m, k, summed=summed: jax.tree.map(
+                lambda a, g: a - 0.05 * g / batch, p, add_gaussian_noise(summed(p, x, m)[0], 1.0, k)))
+            fns[method] = lambda step=step: step(params, x, mask, key)
+        for fn in fns.values():
+            jax.block_until_ready(fn())
+        times = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                t = time.perf_counter()
+                jax.block_until_ready(fn())
+                times[name].append(time.perf_counter() - t)
+        best = {name: min(v) for name, v in times.items()}
+        row = {"model": kind, "conv_impl": impl if kind == "dcgan" else None, "batch": batch,
+               **{f"{n}_ms": 1e3 * v for n, v in best.items()},
+               **{f"{n}_ms_median": 1e3 * statistics.median(v) for n, v in times.items()},
+               "ratio_two_pass": best["two_pass"] / best["plain"],
+               "ratio_ghost": best["ghost"] / best["plain"], "load_1m": os.getloadavg()[0]}
+        rows.append(row)
+        print(f"{kind:6s} {str(row['conv_impl']):7s} plain={row['plain_ms']:7.2f} "
+              f"two_pass={row['two_pass_ms']:8.2f} ({row['ratio_two_pass']:5.2f}x) "
+              f"ghost={row['ghost_ms']:7.2f} ({row['ratio_ghost']:5.2f}x)  load={row['load_1m']:.1f}",
+              flush=True)
+    return rows
+
+
+def section_dp_round(args):
+    clients = 100
+    model = "mlp"
+    execution = str(default_execution(model))
+    print(f"\n== dp_round: {model} round, {clients} clients, default execution ({execution})")
+    data = synthetic_clients(clients)
+    rows = {}
+    for mode in ("none", "example", "user"):
+        dp = DPConfig() if mode == "none" else DPConfig(mode, clip=1.0, noise_multiplier=1.0,
+                                                        noise_shares=clients)
+        spec = "loop" if execution == "chunked:1" else execution
+        _, _, _, first, times = bench_round(model, spec, clients, data, args.repeats, dp)
+        rows[mode] = {"round_s": min(times), "round_s_median": statistics.median(times),
+                      "compile_s": max(first - statistics.median(times), 0.0), "load_1m": os.getloadavg()[0]}
+        print(f"--dp {mode:8s} {min(times):8.3f} s  (x{min(times) / rows['none']['round_s']:.2f} of none) "
+              f"load={rows[mode]['load_1m']:.1f}", flush=True)
+    for mode in ("example", "user"):
+        rows[mode]["ratio_vs_none"] = rows[mode]["round_s"] / rows["none"]["round_s"]
+    return {"model": model, "clients": clients, "execution": execution, "modes": rows}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats: a few minutes")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "run.json"))
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--budget-s", type=float, default=None, help="skip a row predicted to take longer")
+    p.add_argument("--models", nargs="*", choices=("mlp", "dcgan"))
+    p.add_argument("--dcgan-sizes", nargs="*", type=int)
+    p.add_argument("--strategies", nargs="*", choices=STRATEGIES)
+    p.add_argument("--sections", nargs="*", default=["rounds", "dp_step", "dp_round"],
+                   choices=("rounds", "dp_step", "dp_round"))
+    args = p.parse_args(argv)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.budget_s = args.budget_s or (20.0 if args.quick else 300.0)
+
+    info = machine_info()
+    peak = matmul_peak()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_average_start']}, "
+          f"jax {info['jax']} ({info['backend']})")
+    print(f"f32 matmul peak (2048^3 jnp.dot): best {peak['gflops_best']:.1f} GFLOP/s, "
+          f"median {peak['gflops_median']:.1f}")
+    result = {"machine": info, "matmul_peak": peak, "quick": args.quick,
+              "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+              "config": {"examples_per_client": EXAMPLES_PER_CLIENT, "local_steps": 5, "batch_size": 32,
+                         "image_shape": [28, 28, 1], "repeats": args.repeats, "budget_s": args.budget_s}}
+    rounds = []
+    try:
+        if "rounds" in args.sections:
+            section_rounds(args, peak["gflops_best"], rounds)
+        result["rounds"] = rounds
+        if "dp_step" in args.sections:
+            result["dp_step"] = dp_step_rows(64, 5 if args.quick else 10)
+        if "dp_round" in args.sections:
+            result["dp_round"] = section_dp_round(args)
+    finally:
+        result["rounds"] = rounds
+        result["maxrss_mb"] = maxrss_mb()
+        result["machine"]["load_average_end"] = os.getloadavg()
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
