@@ -44,6 +44,15 @@ class ClipAux(NamedTuple):
     num_examples: jax.Array
 
 
+def _clip_aux(mask, ok, norms, losses, clip) -> ClipAux:
+    """Side outputs over real examples (mask) whose gradients were usable (ok)."""
+    count = jnp.sum(mask).astype(jnp.float32)
+    denom = jnp.maximum(count, 1.0)
+    norms = jnp.where(mask, norms, 0.0)
+    clipped = jnp.sum(jnp.where(mask, norms > clip, False)) / denom
+    return ClipAux(norms, clipped, jnp.sum(jnp.where(ok, losses, 0.0)) / denom, count)
+
+
 def _check_clip(clip) -> None:
     if isinstance(clip, (int, float)) and not (0.0 < clip < float("inf")):
         raise UserError(f"clip norm must be a finite number > 0, got {clip}; set --clip-norm")
@@ -148,11 +157,7 @@ def two_pass_clipped_grad_sum(
             return jnp.sum(jax.lax.stop_gradient(factors) * per_example)
 
         grads = jax.grad(weighted_loss)(params)
-        count = jnp.sum(mask).astype(jnp.float32)
-        denom = jnp.maximum(count, 1.0)
-        norms = jnp.where(mask, norms, 0.0)
-        clipped = jnp.sum(jnp.where(mask, norms > clip, False)) / denom
-        return grads, ClipAux(norms, clipped, jnp.sum(jnp.where(ok, losses, 0.0)) / denom, count)
+        return grads, _clip_aux(mask, ok, norms, losses, clip)
 
     return f
 
@@ -407,11 +412,7 @@ def ghost_clipped_grad_sum(
                 body, [jnp.zeros_like(v) for v in leaves], (jax.tree.map(split, batch), split(mask)))
             norms, losses, ok = (v.reshape(size) for v in (norms, losses, ok))
         grads = jax.tree.unflatten(treedef, out)
-        count = jnp.sum(mask).astype(jnp.float32)
-        denom = jnp.maximum(count, 1.0)
-        norms = jnp.where(mask, norms, 0.0)
-        clipped = jnp.sum(jnp.where(mask, norms > clip, False)) / denom
-        return grads, ClipAux(norms, clipped, jnp.sum(jnp.where(ok, losses, 0.0)) / denom, count)
+        return grads, _clip_aux(mask, ok, norms, losses, clip)
 
     return f
 

@@ -20,13 +20,12 @@ from tqdm.auto import tqdm
 from fedjax_gen import cli
 from fedjax_gen.algorithms import dense
 from fedjax_gen.experiment import (
-    balanced_labels, generate, prepare_federated_data, removed_on_user_error, write_membership,
+    balanced_labels, generate, prepare_federated_data,
 )
 from fedjax_gen.federated import client_mesh, place
 from fedjax_gen.federated.execution import map_clients
 from fedjax_gen.metrics import evaluate_accuracy
 from fedjax_gen.models import num_bytes
-from fedjax_gen.run_dir import RunDir
 from fedjax_gen.runners import one_shot
 
 
@@ -77,13 +76,7 @@ def main(argv=None):
         gen_model=args.gen_model, latent_dim=args.latent_dim, gen_width=args.gen_width,
         gen_batch_size=args.gen_batch_size, gen_lr=args.gen_lr, student_lr=args.student_lr,
         student_steps=args.student_steps, w_ce=args.w_ce, w_feat=args.w_feat, w_adv=args.w_adv)
-    out = one_shot.default_out(args, "dense")
-    config = {"flags": vars(args), "dense_config": {**vars(cfg), "image_shape": list(cfg.image_shape)},
-              "execution": str(execution), "devices": mesh.devices.size, "backend": jax.default_backend(),
-              "max_examples": fed.client_data.max_examples}
-    with removed_on_user_error(out, True):
-        run_dir = RunDir.create(out, config, overwrite=args.overwrite)
-        write_membership(run_dir, fed)
+    with one_shot.new_run(args, fed, "dense", "dense_config", cfg, execution, mesh) as run_dir:
         return _run(args, cfg, execution, fed, run_dir, mesh)
 
 

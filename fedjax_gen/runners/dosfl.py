@@ -18,10 +18,9 @@ import numpy as np
 from fedjax_gen import cli
 from fedjax_gen.algorithms import dosfl
 from fedjax_gen.errors import UserError
-from fedjax_gen.experiment import prepare_federated_data, removed_on_user_error, write_membership
+from fedjax_gen.experiment import prepare_federated_data
 from fedjax_gen.federated import client_mesh, place
 from fedjax_gen.federated.execution import map_clients
-from fedjax_gen.run_dir import RunDir
 from fedjax_gen.runners import one_shot
 
 
@@ -59,13 +58,7 @@ def main(argv=None):
     cfg = dosfl.DOSFLConfig(ds.image_shape, ds.num_classes, ipc=args.ipc, steps=args.dm_steps, lr=args.dm_lr,
                             batch_size=args.batch_size, embed_net=args.embed_net, width=args.width,
                             conv_impl="im2col" if batched else "xla", init=args.init)
-    out = one_shot.default_out(args, "dosfl")
-    config = {"flags": vars(args), "dosfl_config": {**vars(cfg), "image_shape": list(cfg.image_shape)},
-              "execution": str(execution), "devices": mesh.devices.size, "backend": jax.default_backend(),
-              "max_examples": fed.client_data.max_examples}
-    with removed_on_user_error(out, True):
-        run_dir = RunDir.create(out, config, overwrite=args.overwrite)
-        write_membership(run_dir, fed)
+    with one_shot.new_run(args, fed, "dosfl", "dosfl_config", cfg, execution, mesh) as run_dir:
         return _run(args, cfg, execution, fed, run_dir, mesh)
 
 

@@ -19,11 +19,10 @@ from fedjax_gen import cli
 from fedjax_gen.algorithms import dp_merf
 from fedjax_gen.errors import UserError
 from fedjax_gen.experiment import (
-    balanced_labels, generate, prepare_federated_data, removed_on_user_error, write_membership,
+    balanced_labels, generate, prepare_federated_data,
 )
 from fedjax_gen.federated import client_mesh, make_round, place
 from fedjax_gen.privacy.accounting import PrivacySpec, calibrate_noise_multiplier
-from fedjax_gen.run_dir import RunDir
 from fedjax_gen.runners import one_shot
 
 
@@ -104,13 +103,7 @@ def main(argv=None):
     state = algorithm.init(init_key)
     rnd = make_round(algorithm, num_clients=args.clients, clients_per_round=args.clients,
                      execution=execution, mesh=mesh, example_state=state, example_data=fed.client_data)
-    out = one_shot.default_out(args, "dp_merf")
-    config = {"flags": vars(args), "merf_config": {**vars(cfg), "image_shape": list(cfg.image_shape)},
-              "execution": str(execution), "devices": mesh.devices.size, "backend": jax.default_backend(),
-              "max_examples": fed.client_data.max_examples}
-    with removed_on_user_error(out, True):
-        run_dir = RunDir.create(out, config, overwrite=args.overwrite)
-        write_membership(run_dir, fed)
+    with one_shot.new_run(args, fed, "dp_merf", "merf_config", cfg, execution, mesh) as run_dir:
         return _run(args, cfg, rnd, state, fed, run_dir, mesh, release_key, gen_key, eval_key, privacy)
 
 

@@ -9,6 +9,7 @@ and "clients_per_round" equals the population; bytes are the totals of that exch
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import jax
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from fedjax_gen import cli
 from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.errors import UserError
-from fedjax_gen.experiment import export_and_evaluate
+from fedjax_gen.experiment import export_and_evaluate, removed_on_user_error, write_membership
 from fedjax_gen.federated import Execution, default_execution, parse_execution
 from fedjax_gen.run_dir import RunDir
 
@@ -104,6 +105,20 @@ def finish(run_dir: RunDir, args, fed, *, algorithm: str, state, x_syn: np.ndarr
     print(f"done: {run_dir.path}  tstr_accuracy={results['tstr_accuracy']:.4f} fid={results['fid']:.3f} "
           f"bytes_up={results['bytes_up']:.3g} ({wall:.1f} s)")
     return results
+
+
+@contextlib.contextmanager
+def new_run(args, fed, name: str, config_key: str, cfg, execution, mesh):
+    """Creates the run directory (config.json with the method's config, membership.npz)
+    after all validation; a UserError inside the block removes it again."""
+    out = default_out(args, name)
+    config = {"flags": vars(args), config_key: {**vars(cfg), "image_shape": list(cfg.image_shape)},
+              "execution": str(execution), "devices": mesh.devices.size, "backend": jax.default_backend(),
+              "max_examples": fed.client_data.max_examples}
+    with removed_on_user_error(out, True):
+        run_dir = RunDir.create(out, config, overwrite=args.overwrite)
+        write_membership(run_dir, fed)
+        yield run_dir
 
 
 def default_out(args, name: str) -> str:
