@@ -129,12 +129,21 @@ def _gan_config(args, fed, dp):
 def _privacy(args, fed):
     if args.dp == "none":
         return DPConfig(), None
+    sigma, target = args.noise_multiplier, args.epsilon
+    if args.resume and target is not None:
+        # The noise was calibrated for the run's original length: keep it, and refuse to
+        # train past the budget rather than re-calibrating mid-run.
+        sigma, target = RunDir(args.out).read_json("config.json")["gan_config"]["dp"]["noise_multiplier"], None
     plan = make_plan(
         args.dp, rounds=args.rounds, local_steps=args.local_steps, clients=args.clients,
         clients_per_round=args.clients_per_round, client_counts=fed.client_data.counts,
         batch_size=args.batch_size, delta=args.delta, accountant=args.accountant,
-        noise_multiplier=args.noise_multiplier, epsilon=args.epsilon,
+        noise_multiplier=sigma, epsilon=target,
     )
+    spent = plan.report(args.rounds)["epsilon"]
+    if args.epsilon is not None and (spent is None or spent > args.epsilon * (1 + 1e-6)):
+        raise UserError(f"{args.rounds} rounds would spend epsilon {spent:.4g} > the budget "
+                        f"{args.epsilon}: lower --rounds (or fork a new run with a new budget)")
     dp = DPConfig(args.dp, args.clip, plan.noise_multiplier, args.distributed_noise,
                   args.clients_per_round, args.microbatch_size)
     return dp, plan

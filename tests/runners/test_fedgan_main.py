@@ -65,6 +65,10 @@ def test_user_level_dp_on_demand(tmp_path, capsys):
     assert 8 * 0.99 <= privacy["epsilon"] <= 8
     eps = [json.loads(line)["epsilon"] for line in open(os.path.join(out, "metrics.jsonl"))]
     assert eps[0] < eps[1] == pytest.approx(privacy["epsilon"])
+    # The budget is spent: resuming for more rounds is refused, nothing changes.
+    code, err = _run(["--out", out, "--resume", "--rounds", "3"], capsys)
+    assert code == 2 and "budget" in err and len(err.splitlines()) == 1
+    assert len(open(os.path.join(out, "metrics.jsonl")).readlines()) == 2
 
 
 @pytest.mark.parametrize("argv, needle", [
