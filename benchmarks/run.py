@@ -57,7 +57,7 @@ def machine_info():
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
-        pass
+        model = "unknown (lscpu failed)"
     return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(),
             "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": len(jax.devices()), "load_average_start": os.getloadavg(),

@@ -53,6 +53,19 @@ def _clip_aux(mask, ok, norms, losses, clip) -> ClipAux:
     return ClipAux(norms, clipped, jnp.sum(jnp.where(ok, losses, 0.0)) / denom, count)
 
 
+def _check_microbatch_size(microbatch_size) -> None:
+    if microbatch_size is not None and microbatch_size < 1:
+        raise UserError(f"microbatch size must be >= 1, got {microbatch_size}; fix --microbatch-size")
+
+
+def _check_divides(microbatch_size, size: int) -> None:
+    if microbatch_size is not None and size % microbatch_size:
+        raise UserError(
+            f"microbatch size {microbatch_size} must divide the batch size {size}; "
+            "fix --microbatch-size"
+        )
+
+
 def _check_clip(clip) -> None:
     if isinstance(clip, (int, float)) and not (0.0 < clip < float("inf")):
         raise UserError(f"clip norm must be a finite number > 0, got {clip}; set --clip-norm")
@@ -121,8 +134,7 @@ def two_pass_clipped_grad_sum(
 ) -> Callable[..., tuple[PyTree, ClipAux]]:
     """`clipped_grad_sum` by two passes (see the module docstring); same contract."""
     _check_clip(clip)
-    if microbatch_size is not None and microbatch_size < 1:
-        raise UserError(f"microbatch size must be >= 1, got {microbatch_size}; fix --microbatch-size")
+    _check_microbatch_size(microbatch_size)
     def loss_and_grad_norms(params, batch, *args):
         def one(example):
             loss, grads = jax.value_and_grad(loss_fn)(params, example, *args)
@@ -138,11 +150,7 @@ def two_pass_clipped_grad_sum(
 
     def f(params, batch, mask, *args):
         size = _batch_size(batch)
-        if microbatch_size is not None and size % microbatch_size:
-            raise UserError(
-                f"microbatch size {microbatch_size} must divide the batch size {size}; "
-                "fix --microbatch-size"
-            )
+        _check_divides(microbatch_size, size)
         mask = jnp.asarray(mask, bool)
         zero_out = lambda keep, tree: jax.tree.map(
             lambda a: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), tree)
@@ -324,17 +332,12 @@ def ghost_clipped_grad_sum(
     every leaf. microbatch_size bounds the live activations/gradients (lax.scan).
     """
     _check_clip(clip)
-    if microbatch_size is not None and microbatch_size < 1:
-        raise UserError(f"microbatch size must be >= 1, got {microbatch_size}; fix --microbatch-size")
+    _check_microbatch_size(microbatch_size)
     two_pass = two_pass_clipped_grad_sum(loss_fn, clip, microbatch_size=microbatch_size)
 
     def f(params, batch, mask, *args):
         size = _batch_size(batch)
-        if microbatch_size is not None and size % microbatch_size:
-            raise UserError(
-                f"microbatch size {microbatch_size} must divide the batch size {size}; "
-                "fix --microbatch-size"
-            )
+        _check_divides(microbatch_size, size)
         layers, shapes = {}, {}
         run = _intercepting(loss_fn, layers, shapes)
         jax.eval_shape(lambda p, ex, *a: run(p, ex, None, *a), params,
