@@ -5,9 +5,11 @@
 Sections (each prints a table; everything goes to one JSON file):
   machine   lscpu model, cores, load averages, jax version, f32 matmul peak (a big jnp.dot,
             measured in this run, the denominator of every "% of peak").
-  rounds    seconds per dp_fedavg_gan round (MNIST shape 28x28x1, synthetic uint8 data, 64
-            examples per client, 5 local steps, batch 32; every client of the population
-            participates) vs clients per round, MLP and DCGAN (im2col convs), for every
+  rounds    seconds per round (MNIST shape 28x28x1, synthetic uint8 data, 64 examples per
+            client, 5 local steps, batch 32; every client of the population participates) vs
+            clients per round, for plain FedAvg of the MLP and DCGAN discriminators (issue #6's
+            reference workload) and dp_fedavg_gan rounds with those discriminators (convs
+            lowered per strategy: im2col when vmapped on CPU, XLA's conv otherwise), for every
             execution strategy side by side with a plain per-client Python loop over the
             jitted client update (the reference). Compile (first call minus steady state)
             is reported apart from the steady-state time (min over repeats; the median too,
@@ -16,6 +18,9 @@ Sections (each prints a table; everything goes to one JSON file):
   dp_step   DP-SGD discriminator step vs the non-private step (batch 64): two-pass and
             ghost clipping, MLP and DCGAN discriminators.
   dp_round  a whole 100-client MLP round with --dp none / example / user.
+  precision bf16 vs f32 on XLA:CPU: the matmul peak, and one FedAvg client's 5-step update
+            (MLP and DCGAN discriminators) with params and inputs cast to bf16 inside the
+            model (mixed precision: f32 master weights, f32 loss).
 
 A configuration whose predicted time exceeds --budget-s is skipped and listed as such.
 Timings on a shared machine are noisy: compare rows of one run, not runs.
@@ -36,17 +41,22 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
+import torch_reference
+from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig, fedavg
 from fedjax_gen.data.client_data import ClientData
-from fedjax_gen.federated import make_round, parse_execution
+from fedjax_gen.federated import conv_impl_for, make_round, parse_execution
 from fedjax_gen.federated.execution import _one_client, default_execution
 from fedjax_gen.models import make_discriminator
+from fedjax_gen.models.base import Model
 from fedjax_gen.privacy import add_gaussian_noise, clipped_grad_sum
 from fedjax_gen.privacy.dp_config import DPConfig
 
 EXAMPLES_PER_CLIENT = 64
-STRATEGIES = ("vmap", "vmap-rolled", "chunked:8", "chunked:16", "loop", "reference")
+MODELS = ("fedavg_mlp", "fedavg_dcgan", "mlp", "dcgan")
+# "torch": issue #6's plain PyTorch per-client loop (fedavg_* models, when torch imports).
+STRATEGIES = ("vmap", "vmap-rolled", "chunked:8", "chunked:16", "loop", "reference", "torch")
 
 
 def machine_info():
@@ -58,7 +68,14 @@ def machine_info():
                 model = line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
         model = "unknown (lscpu failed)"
-    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(),
+    isa = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+        isa = sorted(f for f in set(flags) if f.startswith(("avx512", "amx", "avx2", "fma")))
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(), "isa": isa,
             "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": len(jax.devices()), "load_average_start": os.getloadavg(),
             "date": datetime.date.today().isoformat()}
@@ -81,9 +98,10 @@ def timed(fn, repeats):
     return first, times
 
 
-def matmul_peak(n=2048, repeats=10):
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
+def matmul_peak(n=2048, repeats=10, dtype=jnp.float32):
+    """Best and median GFLOP/s of an n^3 jnp.dot (f32 accumulation for bf16 inputs)."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
+    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
     _, times = timed(lambda: f(a), repeats)
     return {"n": n, "gflops_best": 2 * n**3 / min(times) / 1e9,
             "gflops_median": 2 * n**3 / statistics.median(times) / 1e9}
@@ -100,9 +118,43 @@ def synthetic_clients(num_clients, seed=0):
     )
 
 
-def gan_config(model, dp=DPConfig(), unroll=True):
-    return GANConfig((28, 28, 1), 10, model=model, conv_impl="im2col" if model == "dcgan" else "xla",
+def gan_config(model, conv_impl, dp=DPConfig(), unroll=True):
+    return GANConfig((28, 28, 1), 10, model=model, conv_impl=conv_impl,
                      local_steps=5, batch_size=32, unroll=unroll, dp=dp)
+
+
+def _binary_loss(logits, y):
+    return optax.sigmoid_binary_cross_entropy(logits, (y % 2).astype(jnp.float32))
+
+
+def make_algorithm(model, strategy, dp=DPConfig()):
+    """The benchmarked algorithm and its execution (None for the reference loop).
+
+    "mlp"/"dcgan": a dp_fedavg_gan round (D steps on real and generated images).
+    "fedavg_mlp"/"fedavg_dcgan": plain FedAvg of the same unconditional discriminator
+    (784-512-256-1 MLP or conv64-conv128-linear, 138,561 parameters) on a binary label, the
+    workload issue #6's PyTorch / fedjax / Flower reference numbers measure.
+    """
+    execution = None if strategy == "reference" else parse_execution(
+        "vmap" if strategy.startswith("vmap") else strategy)
+    conv_impl = "xla" if execution is None else conv_impl_for(execution)
+    unroll = strategy != "vmap-rolled"
+    if model.startswith("fedavg_"):
+        return fedavg_algorithm(model.split("_", 1)[1], conv_impl, unroll), execution
+    return GAN_ALGORITHMS["dp_fedavg_gan"](gan_config(model, conv_impl, dp, unroll)), execution
+
+
+def fedavg_algorithm(kind, conv_impl, unroll=True, compute_dtype=jnp.float32):
+    """FedAvg of the unconditional discriminator `kind` on a binary label. compute_dtype
+    bf16: params and inputs are cast inside apply (f32 master weights, f32 logits/loss)."""
+    disc = make_discriminator(kind, (28, 28, 1), conv_impl=conv_impl)
+
+    def apply(p, x):
+        cast = lambda a: a.astype(compute_dtype)
+        return disc.apply(jax.tree.map(cast, p), cast(x), None).astype(jnp.float32)
+
+    classifier = Model(disc.name, disc.init, apply)
+    return fedavg.make(classifier, _binary_loss, fedavg.FedAvgConfig(unroll=unroll))
 
 
 def flops_of(compiled):
@@ -147,16 +199,13 @@ def reference_round(algorithm, clients_per_round):
 
 
 def bench_round(model, strategy, clients, data, repeats, dp=DPConfig()):
-    unroll = strategy != "vmap-rolled"
-    cfg = gan_config(model, dp, unroll)
-    algorithm = GAN_ALGORITHMS["dp_fedavg_gan"](cfg)
+    algorithm, execution = make_algorithm(model, strategy, dp)
     state0 = algorithm.init(jax.random.key(0))
-    if strategy == "reference":
+    if execution is None:
         step = reference_round(algorithm, clients)
     else:
-        spec = "vmap" if strategy.startswith("vmap") else strategy
         step = make_round(algorithm, num_clients=clients, clients_per_round=clients,
-                          execution=parse_execution(spec)).step
+                          execution=execution).step
     holder = {"state": jax.device_put(state0), "r": 0}
 
     def call():
@@ -165,7 +214,7 @@ def bench_round(model, strategy, clients, data, repeats, dp=DPConfig()):
         return metrics
 
     first, times = timed(call, repeats)
-    return cfg, algorithm, state0, first, times
+    return algorithm, state0, first, times
 
 
 def section_rounds(args, peak, results):
@@ -174,15 +223,17 @@ def section_rounds(args, peak, results):
               f"{'ms/client':>9s} {'compile_s':>9s} {'GFLOP/s':>8s} {'%peak':>6s} {'rss_MB':>7s} {'load':>5s}")
     print(header)
     sizes = [10, 100] if args.quick else [10, 100, 1000, 10000]
-    models = args.models or (["mlp", "dcgan"])
+    models = args.models or list(MODELS)
     strategies = args.strategies or list(STRATEGIES)
     for model in models:
-        model_sizes = sizes if model == "mlp" else (args.dcgan_sizes or ([10] if args.quick else [10, 100]))
+        model_sizes = sizes if model.endswith("mlp") else (args.dcgan_sizes or ([10] if args.quick else [10, 100]))
         flops_cache = {}
         per_client_s = {}
         for clients in model_sizes:
             data = synthetic_clients(clients)
             for strategy in strategies:
+                if strategy == "torch" and not (model.startswith("fedavg_") and torch_reference.available()):
+                    continue
                 est = per_client_s.get(strategy)
                 if est is not None and est * clients * (2 + args.repeats) > args.budget_s:
                     results.append({"model": model, "clients": clients, "strategy": strategy,
@@ -191,7 +242,13 @@ def section_rounds(args, peak, results):
                     print(f"{model:6s} {clients:7d} {strategy:12s} skipped (predicted "
                           f"{est * clients:.1f} s/round)")
                     continue
-                cfg, algorithm, state0, first, times = bench_round(model, strategy, clients, data, args.repeats)
+                if strategy == "torch":
+                    first, times = torch_reference.time_rounds(model.split("_", 1)[1], np.asarray(data.x),
+                                                               np.asarray(data.y), args.repeats)
+                    algorithm, _ = make_algorithm(model, "reference")
+                    state0 = algorithm.init(jax.random.key(0))
+                else:
+                    algorithm, state0, first, times = bench_round(model, strategy, clients, data, args.repeats)
                 if clients not in flops_cache:
                     c, s = round_flops(algorithm, state0, data)
                     flops_cache[clients] = c * clients + s
@@ -257,6 +314,36 @@ def dp_step_rows(batch, repeats):
     return rows
 
 
+def section_precision(args):
+    """bf16 vs f32: matmul peak and one client's FedAvg update, interleaved in one process."""
+    print("\n== precision: bf16 vs f32 on this backend")
+    peaks = {name: matmul_peak(dtype=dt) for name, dt in (("f32", jnp.float32), ("bf16", jnp.bfloat16))}
+    print(f"matmul 2048^3 GFLOP/s: f32 {peaks['f32']['gflops_best']:.1f}, bf16 {peaks['bf16']['gflops_best']:.1f}")
+    data = synthetic_clients(1)
+    rows = []
+    for kind in ("mlp", "dcgan"):
+        fns = {}
+        for name, dt in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
+            algorithm = fedavg_algorithm(kind, "xla", compute_dtype=dt)
+            update = jax.jit(_one_client(algorithm.client_update))
+            message = algorithm.broadcast(algorithm.init(jax.random.key(0)))
+            fns[name] = lambda update=update, message=message: update(
+                message, data, jnp.int32(0), jax.random.key(1), jnp.bool_(True))
+            jax.block_until_ready(fns[name]())
+        times = {name: [] for name in fns}
+        for _ in range(5 * args.repeats):
+            for name, fn in fns.items():
+                t = time.perf_counter()
+                jax.block_until_ready(fn())
+                times[name].append(time.perf_counter() - t)
+        row = {"model": kind, **{f"{n}_ms": 1e3 * min(v) for n, v in times.items()},
+               "bf16_speedup": min(times["f32"]) / min(times["bf16"]), "load_1m": os.getloadavg()[0]}
+        rows.append(row)
+        print(f"{kind:6s} client update (5 steps, batch 32): f32 {row['f32_ms']:.2f} ms, "
+              f"bf16 {row['bf16_ms']:.2f} ms ({row['bf16_speedup']:.2f}x)", flush=True)
+    return {"matmul_peak": peaks, "client_update": rows}
+
+
 def section_dp_round(args):
     clients = 100
     model = "mlp"
@@ -268,7 +355,7 @@ def section_dp_round(args):
         dp = DPConfig() if mode == "none" else DPConfig(mode, clip=1.0, noise_multiplier=1.0,
                                                         noise_shares=clients)
         spec = "loop" if execution == "chunked:1" else execution
-        _, _, _, first, times = bench_round(model, spec, clients, data, args.repeats, dp)
+        _, _, first, times = bench_round(model, spec, clients, data, args.repeats, dp)
         rows[mode] = {"round_s": min(times), "round_s_median": statistics.median(times),
                       "compile_s": max(first - statistics.median(times), 0.0), "load_1m": os.getloadavg()[0]}
         print(f"--dp {mode:8s} {min(times):8.3f} s  (x{min(times) / rows['none']['round_s']:.2f} of none) "
@@ -284,11 +371,11 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "run.json"))
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=None, help="skip a row predicted to take longer")
-    p.add_argument("--models", nargs="*", choices=("mlp", "dcgan"))
+    p.add_argument("--models", nargs="*", choices=MODELS)
     p.add_argument("--dcgan-sizes", nargs="*", type=int)
     p.add_argument("--strategies", nargs="*", choices=STRATEGIES)
-    p.add_argument("--sections", nargs="*", default=["rounds", "dp_step", "dp_round"],
-                   choices=("rounds", "dp_step", "dp_round"))
+    p.add_argument("--sections", nargs="*", default=["rounds", "dp_step", "dp_round", "precision"],
+                   choices=("rounds", "dp_step", "dp_round", "precision"))
     args = p.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.budget_s = args.budget_s or (20.0 if args.quick else 300.0)
@@ -312,6 +399,8 @@ def main(argv=None):
             result["dp_step"] = dp_step_rows(64, 5 if args.quick else 10)
         if "dp_round" in args.sections:
             result["dp_round"] = section_dp_round(args)
+        if "precision" in args.sections:
+            result["precision"] = section_precision(args)
     finally:
         result["rounds"] = rounds
         result["maxrss_mb"] = maxrss_mb()
