@@ -1,7 +1,9 @@
 #!/bin/bash
 # Multi-host federated GAN training on a Cloud TPU VM slice (e.g. v4-32 = 4 hosts).
 #
-#   TPU_NAME=my-tpu ZONE=us-central2-b scripts/tpu_vm_multihost.sh
+#   TPU_NAME=my-tpu ZONE=us-central2-b scripts/tpu_vm_multihost.sh [FLAGS...]
+#
+# FLAGS are appended to experiments/fedgan.py's command line (later flags win).
 #
 # Mechanism (the same as scripts/slurm_multinode_gpu.sbatch): the same command runs on
 # every host (--worker=all); fedjax_gen.distributed.maybe_initialize() calls
@@ -23,5 +25,5 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker
     --dataset mnist --clients 3400 --partition dirichlet:0.5 \
     --model dcgan --clients-per-round 1024 --rounds 1000 \
     --execution vmap --conv-impl xla \
-    --out $OUT --no-progress
+    --out $OUT --no-progress ${*@Q}
 "
