@@ -23,6 +23,13 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="one seed; each purpose derives its own key")
 
 
+def add_bucket_flag(g) -> None:
+    g.add_argument("--bucket", default="auto", choices=("auto", "on", "off"),
+                   help="size-bucket the clients' padding (host-loop executions; same results up to float "
+                        "rounding, less padding); "
+                        "auto: on when padding all clients to the largest would cost > 2x the slots")
+
+
 def add_output_flags(p: argparse.ArgumentParser, default_synthetic: int = 2000) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="run directory (default: runs/<algorithm>-<time>)")

@@ -7,6 +7,9 @@ round(state, data, key) -> (state, metrics):
      the strategy, padding or device count, so all strategies agree;
   3. sum client outputs over clients (execution strategy);
   4. server update.
+
+`data` is a padded `ClientData`, or for the host-loop strategies a size-bucketed
+`BucketedClientData` (same round, less padding: federated/bucketed.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_gen.data.buckets import BucketedClientData
 from fedjax_gen.data.client_data import ClientData
 from fedjax_gen.errors import UserError
 from fedjax_gen.federated import execution as ex
@@ -64,7 +68,7 @@ def make_round(
     execution: ex.Execution,
     mesh=None,
     example_state=None,
-    example_data: ClientData | None = None,
+    example_data: ClientData | BucketedClientData | None = None,
 ) -> Round:
     n_dev = mesh.devices.size if mesh is not None else 1
     unit = n_dev if execution.kind == "vmap" else execution.chunk
@@ -89,6 +93,9 @@ def make_round(
     if execution.kind == "vmap":
 
         def step_fn(state, data, key):
+            if isinstance(data, BucketedClientData):
+                raise ValueError("bucketed client data needs a host-loop execution (loop or chunked:N); "
+                                 "vmap runs one padded ClientData")
             message, ids, keys, keep, k_server = prepare(state, key)
             return finish(state, summer(message, data, ids, keys, keep), k_server)
 
@@ -104,6 +111,8 @@ def make_round(
     bytes_up = bytes_down = 0
     if example_state is not None and example_data is not None:
         message = jax.eval_shape(algorithm.broadcast, example_state)
+        if isinstance(example_data, BucketedClientData):  # payload sizes do not depend on N
+            example_data = example_data.buckets[0]
         one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), example_data)
         out = jax.eval_shape(algorithm.client_update, message, one, jax.random.key(0))
         bytes_down = clients_per_round * _tree_bytes(message)

@@ -13,6 +13,10 @@ they differ only in how the work is cut into compiled calls:
               grouped convolution ~80x slower; batched small matmuls are ~2x slower).
 
 Which is fastest is measured, not assumed: see `benchmarks/` and `default_execution`.
+
+The host-loop strategies also accept size-bucketed clients (`BucketedClientData`, fedjax_gen/data/buckets.py):
+each chunk then runs on its bucket's shorter padding (federated/bucketed.py); vmap takes one padded
+array.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from fedjax_gen.data.buckets import BucketedClientData
 from fedjax_gen.errors import UserError
+from fedjax_gen.federated import bucketed
 from fedjax_gen.federated.mesh import CLIENTS, client_sharding
 
 
@@ -117,7 +123,11 @@ def chunked_sum(client_update, chunk: int, mesh=None):
         shapes = jax.eval_shape(inner, message, data, ids[:chunk], keys[:chunk], keep[:chunk])
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
+    bucketed_run = bucketed.chunked_sum(step, zeros, chunk)
+
     def run(message, data, ids, keys, keep):
+        if isinstance(data, BucketedClientData):  # one compiled step per bucket length
+            return bucketed_run(message, data, ids, keys, keep)
         acc = zeros(message, data, ids, keys, keep)
         for start in range(0, ids.shape[0], chunk):
             acc = step(acc, message, data, ids, keys, keep, start)
@@ -132,7 +142,9 @@ def map_clients(client_fn, execution: Execution, mesh=None):
 
     client_fn(message, client, key) -> pytree. Returns a host-callable
     run(message, data, ids [K], keys [K]) -> pytree with leading axis [K]. The strategy
-    decides how many clients share a compiled call, exactly as for sums.
+    decides how many clients share a compiled call, exactly as for sums. `data` may be
+    `BucketedClientData` under any strategy: clients run per bucket (vmap: one call per
+    bucket), outputs in sampled order.
     """
     if execution.kind == "vmap" or execution.chunk > 1:
         size = None if execution.kind == "vmap" else execution.chunk
@@ -148,7 +160,7 @@ def map_clients(client_fn, execution: Execution, mesh=None):
         )
     call = jax.jit(mapped)
 
-    def run(message, data, ids, keys):
+    def run_padded(message, data, ids, keys):
         n = ids.shape[0]
         step = n if size is None else size
         pad = -n % step
@@ -158,5 +170,12 @@ def map_clients(client_fn, execution: Execution, mesh=None):
                  for s in range(0, n + pad, step)]
         out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
         return jax.tree.map(lambda a: a[:n], out)
+
+    bucketed_run = bucketed.map_clients(run_padded)
+
+    def run(message, data, ids, keys):
+        if isinstance(data, BucketedClientData):  # per bucket, back in sampled order
+            return bucketed_run(message, data, ids, keys)
+        return run_padded(message, data, ids, keys)
 
     return run

@@ -76,11 +76,13 @@ def main(argv=None):
         gen_model=args.gen_model, latent_dim=args.latent_dim, gen_width=args.gen_width,
         gen_batch_size=args.gen_batch_size, gen_lr=args.gen_lr, student_lr=args.student_lr,
         student_steps=args.student_steps, w_ce=args.w_ce, w_feat=args.w_feat, w_adv=args.w_adv)
-    with one_shot.new_run(args, fed, "dense", "dense_config", cfg, execution, mesh) as run_dir:
-        return _run(args, cfg, execution, fed, run_dir, mesh)
+    # Buckets no shorter than a local batch draw the same minibatches as unbucketed.
+    data = fed.clients_for(execution, min_length=args.batch_size, bucket=args.bucket)
+    with one_shot.new_run(args, fed, "dense", "dense_config", cfg, execution, mesh, data) as run_dir:
+        return _run(args, cfg, execution, fed, data, run_dir, mesh)
 
 
-def _run(args, cfg, execution, fed, run_dir, mesh):
+def _run(args, cfg, execution, fed, data, run_dir, mesh):
     root = jax.random.key(args.seed)
     init_key, client_key, gen_key, server_key, eval_key = (jax.random.fold_in(root, i) for i in range(5))
     model = cfg.classifier()
@@ -88,7 +90,7 @@ def _run(args, cfg, execution, fed, run_dir, mesh):
     run = map_clients(dense.make_client_fn(cfg), execution, mesh)
     ids, keys = one_shot.all_clients(args.clients, client_key)
     t0 = time.time()
-    uploads = run(place(common, mesh), place(fed.client_data, mesh), ids, keys)
+    uploads = run(place(common, mesh), place(data, mesh), ids, keys)
     jax.block_until_ready(uploads)
     t_clients = time.time() - t0
     run_dir.append_metrics({"round": 1, "step": 0, "phase": "clients", "seconds": t_clients})

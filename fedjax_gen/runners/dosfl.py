@@ -58,8 +58,11 @@ def main(argv=None):
     cfg = dosfl.DOSFLConfig(ds.image_shape, ds.num_classes, ipc=args.ipc, steps=args.dm_steps, lr=args.dm_lr,
                             batch_size=args.batch_size, embed_net=args.embed_net, width=args.width,
                             conv_impl="im2col" if batched else "xla", init=args.init)
-    with one_shot.new_run(args, fed, "dosfl", "dosfl_config", cfg, execution, mesh) as run_dir:
-        return _run(args, cfg, execution, fed, run_dir, mesh)
+    # Buckets no shorter than a DM batch draw the same minibatches as unbucketed; --init real's
+    # starting images are drawn over [C, N] and so differ in the draw, not the distribution.
+    data = fed.clients_for(execution, min_length=args.batch_size, bucket=args.bucket)
+    with one_shot.new_run(args, fed, "dosfl", "dosfl_config", cfg, execution, mesh, data) as run_dir:
+        return _run(args, cfg, execution, fed, data, run_dir, mesh)
 
 
 def _write_uploads(run_dir, x, y, owner, n_clients: int) -> None:
@@ -71,13 +74,13 @@ def _write_uploads(run_dir, x, y, owner, n_clients: int) -> None:
                              owner=np.asarray(owner[keep], np.int32))
 
 
-def _run(args, cfg, execution, fed, run_dir, mesh):
+def _run(args, cfg, execution, fed, data, run_dir, mesh):
     root = jax.random.key(args.seed)
     client_key, select_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
     run = map_clients(dosfl.make_client_fn(cfg), execution, mesh)
     ids, keys = one_shot.all_clients(args.clients, client_key)
     t0 = time.time()
-    up = jax.device_get(run(None, place(fed.client_data, mesh), ids, keys))
+    up = jax.device_get(run(None, place(data, mesh), ids, keys))
     t_clients = time.time() - t0
     valid = up["valid"].reshape(-1)
     x = up["x"].reshape((-1,) + cfg.image_shape)[valid]

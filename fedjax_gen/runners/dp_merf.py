@@ -82,7 +82,7 @@ def main(argv=None):
     one_shot.check_positive(args, "num_features", "gen_steps", "gen_batch_size", "num_synthetic", "log_every")
     if args.num_features % 2:
         raise UserError(f"--num-features must be even (cos and sin per frequency), got {args.num_features}")
-    num_examples = int(np.sum(fed.client_data.counts))
+    num_examples = int(np.sum(fed.counts))
     z, privacy = _privacy(args, num_examples)
     ds = fed.dataset
     sigma_rff = args.rff_sigma if args.rff_sigma is not None else dp_merf.default_rff_sigma(ds.image_shape)
@@ -101,15 +101,16 @@ def main(argv=None):
     root = jax.random.key(args.seed)
     init_key, release_key, gen_key, eval_key = (jax.random.fold_in(root, i) for i in range(4))
     state = algorithm.init(init_key)
+    data = fed.clients_for(execution, bucket=args.bucket)  # no minibatches: any bucket length is exact
     rnd = make_round(algorithm, num_clients=args.clients, clients_per_round=args.clients,
-                     execution=execution, mesh=mesh, example_state=state, example_data=fed.client_data)
-    with one_shot.new_run(args, fed, "dp_merf", "merf_config", cfg, execution, mesh) as run_dir:
-        return _run(args, cfg, rnd, state, fed, run_dir, mesh, release_key, gen_key, eval_key, privacy)
+                     execution=execution, mesh=mesh, example_state=state, example_data=data)
+    with one_shot.new_run(args, fed, "dp_merf", "merf_config", cfg, execution, mesh, data) as run_dir:
+        return _run(args, cfg, rnd, state, fed, data, run_dir, mesh, release_key, gen_key, eval_key, privacy)
 
 
-def _run(args, cfg, rnd, state, fed, run_dir, mesh, release_key, gen_key, eval_key, privacy):
+def _run(args, cfg, rnd, state, fed, data, run_dir, mesh, release_key, gen_key, eval_key, privacy):
     t0 = time.time()
-    state, metrics = rnd.step(place(state, mesh), place(fed.client_data, mesh), release_key)
+    state, metrics = rnd.step(place(state, mesh), place(data, mesh), release_key)
     jax.block_until_ready(state)
     t_release = time.time() - t0
     run_dir.append_metrics({"round": 1, "step": 0, "phase": "release", "seconds": t_release,

@@ -21,6 +21,7 @@ from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.errors import UserError
 from fedjax_gen.experiment import (
     balanced_labels,
+    data_layout,
     evaluate,
     export_and_evaluate,
     generate,
@@ -42,7 +43,8 @@ from fedjax_gen.run_dir import RunDir
 
 # Flags that may change when resuming a run (everything else must match the saved run).
 _RESUMABLE = {"rounds", "eval_every", "checkpoint_every", "execution", "num_synthetic", "resume",
-              "out", "tstr_steps", "fid_classifier_steps", "progress", "coordinator_address", "num_processes", "process_id"}
+              "out", "tstr_steps", "fid_classifier_steps", "progress", "coordinator_address", "num_processes", "process_id",
+              "bucket"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=64)
     g.add_argument("--weighting", default="count", choices=("count", "uniform"))
     g.add_argument("--execution", default="auto", help="auto | vmap | loop | chunked:N")
+    cli.add_bucket_flag(g)
     g.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "im2col"))
     g.add_argument("--rounds-per-call", type=int, default=1,
                    help="scan this many rounds per compiled call (vmap execution only)")
@@ -136,7 +139,7 @@ def _privacy(args, fed):
         sigma, target = RunDir(args.out).read_json("config.json")["gan_config"]["dp"]["noise_multiplier"], None
     plan = make_plan(
         args.dp, rounds=args.rounds, local_steps=args.local_steps, clients=args.clients,
-        clients_per_round=args.clients_per_round, client_counts=fed.client_data.counts,
+        clients_per_round=args.clients_per_round, client_counts=fed.counts,
         batch_size=args.batch_size, delta=args.delta, accountant=args.accountant,
         noise_multiplier=sigma, epsilon=target,
     )
@@ -173,8 +176,10 @@ def main(argv=None):
     root = jax.random.key(args.seed)
     init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
     state = algorithm.init(init_key)
+    # Buckets no shorter than a local batch draw the same minibatches as unbucketed.
+    data = fed.clients_for(execution, min_length=args.batch_size, bucket=getattr(args, "bucket", "auto"))
     rnd = make_round(algorithm, num_clients=args.clients, clients_per_round=args.clients_per_round,
-                     execution=execution, mesh=mesh, example_state=state, example_data=fed.client_data)
+                     execution=execution, mesh=mesh, example_state=state, example_data=data)
 
     out = args.out or cli.default_out(args.algorithm)
     if jax.process_count() > 1 and not args.out:
@@ -194,7 +199,7 @@ def main(argv=None):
 
     config = {"flags": vars(args), "gan_config": _jsonable(cfg), "execution": str(execution),
               "devices": n_dev, "backend": jax.default_backend(), "padded_clients_per_round": rnd.padded_clients,
-              "max_examples": fed.client_data.max_examples}
+              **data_layout(data)}
     created = not args.resume
     with removed_on_user_error(out, created and main_process):
         # Only process 0 writes the run directory and metrics; all processes take part in
@@ -211,7 +216,7 @@ def main(argv=None):
             run_dir = RunDir(out)
         if not args.resume:
             ckpt = Checkpointer(run_dir.checkpoint_dir)
-        _train(args, cfg, rnd, state, fed, run_dir, ckpt, plan, mesh, start_round, train_key, eval_key)
+        _train(args, cfg, rnd, state, fed, data, run_dir, ckpt, plan, mesh, start_round, train_key, eval_key)
 
 
 def _jsonable(cfg):
@@ -230,9 +235,9 @@ def _sampler(cfg):
     return sample
 
 
-def _train(args, cfg, rnd, state, fed, run_dir, ckpt, plan, mesh, start_round, train_key, eval_key):
+def _train(args, cfg, rnd, state, fed, data, run_dir, ckpt, plan, mesh, start_round, train_key, eval_key):
     main = distributed.is_main_process()
-    data = place(fed.client_data, mesh)
+    data = place(data, mesh)
     state = place(jax.device_get(state), mesh)
     schedule = plan.schedule(args.rounds)[0] if plan is not None else None
     sample = _sampler(cfg)

@@ -17,13 +17,14 @@ import numpy as np
 from fedjax_gen import cli
 from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.errors import UserError
-from fedjax_gen.experiment import export_and_evaluate, removed_on_user_error, write_membership
+from fedjax_gen.experiment import data_layout, export_and_evaluate, removed_on_user_error, write_membership
 from fedjax_gen.federated import Execution, default_execution, parse_execution
 from fedjax_gen.run_dir import RunDir
 
 
 def add_execution_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--execution", default="auto", help="auto | vmap | loop | chunked:N (client phase)")
+    cli.add_bucket_flag(p)
 
 
 def client_execution(spec: str, num_devices: int) -> Execution:
@@ -108,13 +109,13 @@ def finish(run_dir: RunDir, args, fed, *, algorithm: str, state, x_syn: np.ndarr
 
 
 @contextlib.contextmanager
-def new_run(args, fed, name: str, config_key: str, cfg, execution, mesh):
-    """Creates the run directory (config.json with the method's config, membership.npz)
-    after all validation; a UserError inside the block removes it again."""
+def new_run(args, fed, name: str, config_key: str, cfg, execution, mesh, data):
+    """Creates the run directory (config.json with the method's config, the client arrays'
+    layout, membership.npz) after all validation; a UserError inside the block removes it again."""
     out = default_out(args, name)
     config = {"flags": vars(args), config_key: {**vars(cfg), "image_shape": list(cfg.image_shape)},
               "execution": str(execution), "devices": mesh.devices.size, "backend": jax.default_backend(),
-              "max_examples": fed.client_data.max_examples}
+              **data_layout(data)}
     with removed_on_user_error(out, True):
         run_dir = RunDir.create(out, config, overwrite=args.overwrite)
         write_membership(run_dir, fed)
