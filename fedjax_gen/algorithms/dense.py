@@ -15,6 +15,19 @@ drawn afresh each step (all K models per step would cost K forward passes; the s
 an unbiased estimate of the full ensemble's mean logits). `agree` masks samples where the
 student and ensemble predict the same class (DENSE's adversarial term). The synthetic set
 is G's output; the student is the distilled global model.
+
+DP (cfg.dp_clip set; example level, add/remove one example of one client): each client
+trains with DP-SGD. Every local step Poisson-samples its examples at q = min(1, b / n)
+(privacy/sampling.py), clips each example's gradient to C (`clipped_grad_sum`, ghost
+clipping), adds N(0, (sigma C)^2) to the sum and divides by the public expected batch
+q n = min(b, n); T local steps are T Poisson-subsampled Gaussians of multiplier sigma.
+The feature statistics (mean / variance of penultimate features over the client's data)
+are a second, unclipped function of the data: under DP they are not computed or uploaded
+(the upload is the DP-SGD model alone) and the server's feature term is off (w_feat must
+be 0). Privatising them would need a second release (clipped features and squares) whose
+budget would come out of DP-SGD's, for DENSE's auxiliary term; the CE and adversarial
+terms need only the models. The server only post-processes the DP models. Clients hold
+disjoint data: by parallel composition each example's guarantee is its own client's.
 """
 
 from __future__ import annotations
@@ -28,6 +41,8 @@ import optax
 from fedjax_gen.algorithms.gan import sample_batch
 from fedjax_gen.data.client_data import to_float
 from fedjax_gen.models import make_classifier, make_generator
+from fedjax_gen.privacy.clipping import add_gaussian_noise, clipped_grad_sum
+from fedjax_gen.privacy.sampling import poisson_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +66,17 @@ class DENSEConfig:
     w_ce: float = 1.0
     w_feat: float = 0.1
     w_adv: float = 0.5
+    dp_clip: float | None = None  # C, per-example gradient clip of the clients' DP-SGD; None: non-private
+    noise_multiplier: float = 0.0  # sigma: noise std sigma * C on each clipped gradient sum
+    microbatch_size: int | None = None  # per-example gradients materialised at once (DP)
+
+    def __post_init__(self):
+        if self.dp_clip is not None and self.w_feat != 0:
+            raise ValueError("DP clients upload no feature statistics: set w_feat=0")
+
+    @property
+    def private(self) -> bool:
+        return self.dp_clip is not None
 
     def classifier(self, conv_impl: str = "xla"):
         """im2col for the teachers: they are vmapped over per-client weights."""
@@ -81,9 +107,25 @@ def _head(params):
     return params[max((k for k in params if k.startswith("Dense_")), key=lambda k: int(k[6:]))]
 
 
+def dp_gradient(cfg: DENSEConfig, model, params, x, y, mask, expected_batch, key):
+    """One DP-SGD gradient: (sum_i clip_C(grad_i) + N(0, (sigma C)^2)) / expected_batch.
+
+    x [N, H, W, Ch] float, y [N], mask [N] (a Poisson batch; masked slots contribute
+    exactly 0 whatever they hold), expected_batch [] the public q n. Returns (grads, ClipAux)."""
+    def example_loss(p, example):
+        xi, yi = example
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xi[None]), yi[None])[0]
+
+    summed, aux = clipped_grad_sum(example_loss, cfg.dp_clip, microbatch_size=cfg.microbatch_size)(
+        params, (x, y), mask)
+    noised = add_gaussian_noise(summed, cfg.noise_multiplier * cfg.dp_clip, key)
+    return jax.tree.map(lambda g: g / expected_batch, noised), aux
+
+
 def make_client_fn(cfg: DENSEConfig):
     """client_fn(init_params, client, key) for `map_clients`: the upload
-    {"params": classifier params, "feat_mean": [F], "feat_var": [F]}."""
+    {"params": classifier params, "feat_mean": [F], "feat_var": [F]}; under DP
+    {"params": DP-SGD params} alone."""
     model = cfg.classifier(cfg.client_conv_impl)
     opt = optax.adam(cfg.client_lr)
 
@@ -91,16 +133,26 @@ def make_client_fn(cfg: DENSEConfig):
         ce = optax.softmax_cross_entropy_with_integer_labels(model.apply(params, x), y)
         return jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
+    def grad_fn(params, client, k):
+        if not cfg.private:
+            x, y, mask = sample_batch(client, k, cfg.batch_size)
+            return jax.grad(loss_fn)(params, x, y, mask)
+        k_sample, k_noise = jax.random.split(k)
+        x, y, mask, q = poisson_batch(client, k_sample, cfg.batch_size)
+        expected = jnp.maximum(q * jnp.sum(client.mask), 1.0)  # min(b, n): public given n
+        return dp_gradient(cfg, model, params, x, y, mask, expected, k_noise)[0]
+
     def client_fn(init_params, client, key):
         def step(carry, k):
             params, state = carry
-            x, y, mask = sample_batch(client, k, cfg.batch_size)
-            grads = jax.grad(loss_fn)(params, x, y, mask)
+            grads = grad_fn(params, client, k)
             updates, state = opt.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), None
 
         (params, _), _ = jax.lax.scan(step, (init_params, opt.init(init_params)),
                                       jax.random.split(key, cfg.local_steps))
+        if cfg.private:
+            return {"params": params}
         feats = model.features(params, to_float(client.x))  # [N, F] over the whole client
         w = client.mask[:, None].astype(feats.dtype)
         n = jnp.maximum(jnp.sum(w), 1.0)
@@ -133,9 +185,12 @@ def generator_loss(cfg: DENSEConfig, gen, student, teachers, key):
     x = cfg.generator.apply(gen, jax.random.normal(kz, (cfg.gen_batch_size, cfg.latent_dim)), y)
     ens, feats = ensemble_forward(cfg, teachers, x)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(ens, y))
-    mu, var = jnp.mean(feats, axis=1), jnp.var(feats, axis=1)  # [E, F]
-    feat = jnp.mean(jnp.linalg.norm(mu - teachers["feat_mean"], axis=-1)
-                    + jnp.linalg.norm(var - teachers["feat_var"], axis=-1))
+    if "feat_mean" in teachers:
+        mu, var = jnp.mean(feats, axis=1), jnp.var(feats, axis=1)  # [E, F]
+        feat = jnp.mean(jnp.linalg.norm(mu - teachers["feat_mean"], axis=-1)
+                        + jnp.linalg.norm(var - teachers["feat_var"], axis=-1))
+    else:  # DP uploads carry no feature statistics (w_feat is 0)
+        feat = jnp.zeros(())
     s_logits = cfg.classifier().apply(student, x)
     agree = jnp.argmax(s_logits, -1) == jnp.argmax(ens, -1)
     adv = -jnp.mean(jnp.where(agree, _kl(ens, s_logits), 0.0))

@@ -7,6 +7,8 @@ a conditional generator against the ensemble and distils a global student from i
 checkpoint (generator + student), synthetic.npz, samples.png, results.json (with the
 student's test accuracy as global_model_accuracy); uploads.npz holds the first
 --save-uploads clients' uploads (classifier params + feature statistics) for attacks.
+`--dp example --epsilon E`: the clients train with DP-SGD and upload no feature statistics
+(algorithms/dense.py; accounting in runners/one_shot_privacy.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 
 from fedjax_gen import cli
 from fedjax_gen.algorithms import dense
+from fedjax_gen.errors import UserError
 from fedjax_gen.experiment import (
     balanced_labels, generate, prepare_federated_data,
 )
@@ -26,7 +29,7 @@ from fedjax_gen.federated import client_mesh, place
 from fedjax_gen.federated.execution import map_clients
 from fedjax_gen.metrics import evaluate_accuracy
 from fedjax_gen.models import num_bytes
-from fedjax_gen.runners import one_shot
+from fedjax_gen.runners import one_shot, one_shot_privacy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--client-lr", type=float, default=1e-3)
     one_shot.add_execution_flag(g)
     one_shot.add_upload_flag(g)
+    one_shot_privacy.add_flags(p)  # DP-SGD in every client: --clip is the per-example gradient bound C
     g = p.add_argument_group("server (generator + student distillation)")
     g.add_argument("--server-steps", type=int, default=500, help="generator steps (each followed by student steps)")
     g.add_argument("--student-steps", type=int, default=2)
@@ -52,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gen-lr", type=float, default=1e-3)
     g.add_argument("--student-lr", type=float, default=1e-3)
     g.add_argument("--w-ce", type=float, default=1.0, help="weight of the ensemble's cross-entropy on y")
-    g.add_argument("--w-feat", type=float, default=0.1, help="weight of the feature-statistics match")
+    g.add_argument("--w-feat", type=float, default=None,
+                   help="weight of the feature-statistics match (default 0.1; 0 under --dp, "
+                        "where no statistics are uploaded)")
     g.add_argument("--w-adv", type=float, default=0.5, help="weight of the student-ensemble disagreement")
     g.add_argument("--log-every", type=int, default=50)
     cli.add_output_flags(p)
@@ -65,6 +71,12 @@ def main(argv=None):
     one_shot.saved_clients(args)
     one_shot.check_positive(args, "client_width", "local_steps", "batch_size", "server_steps",
                             "student_steps", "ensemble_size", "gen_batch_size", "num_synthetic", "log_every")
+    if args.dp != "none" and args.w_feat:
+        raise UserError("--w-feat needs the clients' feature statistics, which are not uploaded under --dp: "
+                        "drop --w-feat")
+    plan = one_shot_privacy.plan(args, fed, method="DENSE", steps=args.local_steps, steps_flag="--local-steps",
+                                 batch_size=args.batch_size, microbatch=True)
+    args.w_feat = (0.0 if plan else 0.1) if args.w_feat is None else args.w_feat
     mesh = client_mesh()
     execution = one_shot.client_execution(args.execution, mesh.devices.size)
     batched = execution.kind == "vmap" or execution.chunk > 1
@@ -75,14 +87,16 @@ def main(argv=None):
         client_conv_impl="im2col" if batched else "xla", ensemble_size=args.ensemble_size,
         gen_model=args.gen_model, latent_dim=args.latent_dim, gen_width=args.gen_width,
         gen_batch_size=args.gen_batch_size, gen_lr=args.gen_lr, student_lr=args.student_lr,
-        student_steps=args.student_steps, w_ce=args.w_ce, w_feat=args.w_feat, w_adv=args.w_adv)
+        student_steps=args.student_steps, w_ce=args.w_ce, w_feat=args.w_feat, w_adv=args.w_adv,
+        dp_clip=args.clip if plan else None, noise_multiplier=plan.noise_multiplier if plan else 0.0,
+        microbatch_size=args.microbatch_size)
     # Buckets no shorter than a local batch draw the same minibatches as unbucketed.
     data = fed.clients_for(execution, min_length=args.batch_size, bucket=args.bucket)
     with one_shot.new_run(args, fed, "dense", "dense_config", cfg, execution, mesh, data) as run_dir:
-        return _run(args, cfg, execution, fed, data, run_dir, mesh)
+        return _run(args, cfg, execution, fed, data, run_dir, mesh, plan)
 
 
-def _run(args, cfg, execution, fed, data, run_dir, mesh):
+def _run(args, cfg, execution, fed, data, run_dir, mesh, plan=None):
     root = jax.random.key(args.seed)
     init_key, client_key, gen_key, server_key, eval_key = (jax.random.fold_in(root, i) for i in range(5))
     model = cfg.classifier()
@@ -118,6 +132,10 @@ def _run(args, cfg, execution, fed, data, run_dir, mesh):
         run_dir, args, fed, algorithm="dense", state=state, x_syn=x_syn, y_syn=labels, key=eval_key,
         wall=wall, bytes_up=args.clients * num_bytes(upload_one), bytes_down=args.clients * num_bytes(common),
         execution=execution,
+        privacy=one_shot_privacy.report(
+            plan, clip=cfg.dp_clip, noise_std=cfg.noise_multiplier * (cfg.dp_clip or 0.0),
+            mechanism="DP-SGD in every client: Poisson-sampled per-example clipped gradient sums + Gaussian "
+                      "noise (add/remove one example); no feature statistics uploaded"),
         extra={"global_model_accuracy": global_acc, "client_seconds": t_clients,
                "server_steps": args.server_steps, "ensemble_size": min(args.ensemble_size, args.clients),
                "final_ensemble_acc_on_gen": float(metrics["ensemble_acc_on_gen"])})

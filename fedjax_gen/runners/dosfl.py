@@ -5,6 +5,8 @@ Flow: parse flags -> validate -> run directory -> every client distils its data 
 (`map_clients` collects the uploads) -> the server concatenates them (subsampled
 to --num-synthetic when given; the default 0 keeps them all) -> checkpoint, synthetic.npz, samples.png, results.json,
 and uploads.npz (the first --save-uploads clients' images with their owner ids, for attacks).
+`--dp example --epsilon E`: DP distribution matching (algorithms/dosfl.py; accounting in
+runners/one_shot_privacy.py), init noise only.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from fedjax_gen.errors import UserError
 from fedjax_gen.experiment import prepare_federated_data
 from fedjax_gen.federated import client_mesh, place
 from fedjax_gen.federated.execution import map_clients
-from fedjax_gen.runners import one_shot
+from fedjax_gen.runners import one_shot, one_shot_privacy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", default="noise", choices=("noise", "real"))
     one_shot.add_execution_flag(g)
     one_shot.add_upload_flag(g)
+    one_shot_privacy.add_flags(p)  # --clip: each example's embedding norm bound C
     cli.add_output_flags(p)
     p.set_defaults(num_synthetic=0)  # 0: keep every uploaded image
     return p
@@ -51,18 +54,25 @@ def main(argv=None):
     one_shot.saved_clients(args)
     if args.num_synthetic < 0:
         raise UserError(f"--num-synthetic must be >= 0 (0: keep all uploads), got {args.num_synthetic}")
+    plan = one_shot_privacy.plan(args, fed, method="DOSFL", steps=args.dm_steps, steps_flag="--dm-steps",
+                                 batch_size=args.batch_size, microbatch=False)
+    if plan is not None and args.init == "real":
+        raise UserError("--init real starts from raw private images, which would be uploaded: "
+                        "use --init noise with --dp")
     mesh = client_mesh()
     execution = one_shot.client_execution(args.execution, mesh.devices.size)
     batched = execution.kind == "vmap" or execution.chunk > 1
     ds = fed.dataset
     cfg = dosfl.DOSFLConfig(ds.image_shape, ds.num_classes, ipc=args.ipc, steps=args.dm_steps, lr=args.dm_lr,
                             batch_size=args.batch_size, embed_net=args.embed_net, width=args.width,
-                            conv_impl="im2col" if batched else "xla", init=args.init)
+                            conv_impl="im2col" if batched else "xla", init=args.init,
+                            dp_clip=args.clip if plan else None,
+                            noise_multiplier=plan.noise_multiplier if plan else 0.0)
     # Buckets no shorter than a DM batch draw the same minibatches as unbucketed; --init real's
     # starting images are drawn over [C, N] and so differ in the draw, not the distribution.
     data = fed.clients_for(execution, min_length=args.batch_size, bucket=args.bucket)
     with one_shot.new_run(args, fed, "dosfl", "dosfl_config", cfg, execution, mesh, data) as run_dir:
-        return _run(args, cfg, execution, fed, data, run_dir, mesh)
+        return _run(args, cfg, execution, fed, data, run_dir, mesh, plan)
 
 
 def _write_uploads(run_dir, x, y, owner, n_clients: int) -> None:
@@ -74,7 +84,7 @@ def _write_uploads(run_dir, x, y, owner, n_clients: int) -> None:
                              owner=np.asarray(owner[keep], np.int32))
 
 
-def _run(args, cfg, execution, fed, data, run_dir, mesh):
+def _run(args, cfg, execution, fed, data, run_dir, mesh, plan=None):
     root = jax.random.key(args.seed)
     client_key, select_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
     run = map_clients(dosfl.make_client_fn(cfg), execution, mesh)
@@ -98,6 +108,11 @@ def _run(args, cfg, execution, fed, data, run_dir, mesh):
     return one_shot.finish(
         run_dir, args, fed, algorithm="dosfl", state={"x": x, "y": y}, x_syn=x, y_syn=y, key=eval_key,
         wall=wall, bytes_up=dosfl.upload_bytes(valid, cfg.image_shape), bytes_down=0, execution=execution,
+        privacy=one_shot_privacy.report(
+            plan, clip=cfg.dp_clip, sensitivity=dosfl.SENSITIVITY_FACTOR * (cfg.dp_clip or 0.0),
+            noise_std=cfg.noise_std,
+            mechanism="per DM step, Poisson-sampled per-class sums of clipped embeddings and class counts "
+                      "[clip_C(psi(x)) (x) e_y, C e_y], one Gaussian release (add/remove one example)"),
         extra={"uploaded_images": int(uploaded), "max_images_per_client": int(per_client.max()),
                "clients_uploading": int(np.sum(per_client > 0)), "ipc": cfg.ipc, "dm_steps": cfg.steps,
                "embed_net": cfg.embed_net, "init": cfg.init})
