@@ -3,6 +3,7 @@ same jitted code, side by side (not a test). Writes benchmarks/results/attacks.j
 
   fbb: GAN-Leaks full black-box, chunked NN distances of Q queries to G generated samples
   wb / pbb: GAN-Leaks latent search (gradient / zeroth-order) through an MLP generator
+  merf_recon: MAP inversion of DP-MERF upload rows (2 slots, --merf-features features)
 
   python benchmarks/attacks.py [--image 28] [--generated 20000] [--queries 512] [--steps 50]
 """
@@ -18,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from fedjax_gen.attacks import membership_gan
+from fedjax_gen.attacks import merf, membership_gan
 from fedjax_gen.attacks.nearest import min_sq_distances
 from fedjax_gen.models import make_generator
 
@@ -42,6 +43,7 @@ def main():
     p.add_argument("--latent-queries", type=int, default=64)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--restarts", type=int, default=2)
+    p.add_argument("--merf-features", type=int, default=2000)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "attacks.json"))
     args = p.parse_args()
 
@@ -72,9 +74,23 @@ def main():
         rows.append({"attack": name, "steps": args.steps, "restarts": args.restarts,
                      "batched_qps": args.latent_queries / t_b, "loop_qps": n_loop / t_l})
 
+    d = int(np.prod(shape))
+    w = jax.random.normal(jax.random.key(2), (d, args.merf_features // 2)) / (0.75 * np.sqrt(d))
+    targets = merf.client_uploads(w, xq[:, None], yq[:, None], np.ones((len(yq), 1), bool), num_classes=10)[0]
+    targets = targets[np.arange(len(yq)), yq]  # [P, D]: one-image class rows
+    mean, var = np.zeros((len(yq),) + shape, np.float32), np.ones((len(yq),) + shape, np.float32)
+    n_active = np.ones(len(yq), np.int32)
+    rcfg = merf.ReconConfig(steps=args.steps)
+    run = lambda sl: merf.reconstruct(w, targets[sl], n_active[sl], mean[sl], var[sl], 0.0, key, rcfg)
+    t_b = timed(lambda: run(slice(None)))
+    n_loop = min(8, len(yq))
+    t_l = timed(lambda: [run(slice(i, i + 1)) for i in range(n_loop)])
+    rows.append({"attack": "merf_recon", "steps": args.steps, "features": args.merf_features,
+                 "batched_qps": len(yq) / t_b, "loop_qps": n_loop / t_l})
+
     for r in rows:
         r["speedup"] = r["batched_qps"] / r["loop_qps"]
-        print(f"{r['attack']:4s} batched {r['batched_qps']:10.1f} q/s   loop {r['loop_qps']:10.1f} q/s   "
+        print(f"{r['attack']:10s} batched {r['batched_qps']:10.1f} q/s   loop {r['loop_qps']:10.1f} q/s   "
               f"x{r['speedup']:.1f}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

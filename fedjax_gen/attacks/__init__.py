@@ -9,4 +9,5 @@
   distilled_match       distilled images vs. members and non-members (DOSFL)
   gradient_inversion    DLG / iDLG / Inverting Gradients
   active                imprint module (Robbing the Fed), DP sweeps, client isolation
+  merf                  DP-MERF uploads: membership, MAP inversion, crafted frequencies, GDP bounds
 """

@@ -17,11 +17,20 @@ Attacks on GAN runs (config.json has "gan_config"):
 With --reference RUN_DIR, fbb/pbb/wb also report calibrated variants (fbb_cal, ...).
 
 Attacks on one-shot runs (DP-MERF, DOSFL, DENSE; default: every one that applies), the
-server being honest but curious (uploads.npz: see runners/attack_uploads.py):
+server being honest but curious (uploads.npz: see runners/attack_uploads.py) unless noted:
   fbb         GAN-Leaks full black-box on synthetic.npz (all three)
   classifier  DENSE: loss / confidence MIA on the uploaded client classifiers
   inversion   DENSE: model inversion of the uploaded client classifiers (attack_inversion.png)
   distilled   DOSFL: uploaded distilled images vs their owner's private examples
+  merf_mia        DP-MERF: membership against each client's random-feature upload
+  merf_recon      DP-MERF: MAP reconstruction of one- or few-image class rows of an upload
+                  (attack_merf_recon.png)
+  merf_aggregate  DP-MERF: membership against the released noisy sum (secure aggregation)
+  merf_active     DP-MERF, malicious server: crafted random-Fourier frequencies (narrow /
+                  spike / low-frequency bandwidths) vs the honest W (attack_merf_active.png)
+DP-MERF attacks report views clean / share / central (no noise, a --distributed-noise share,
+the whole noise at the run's sigma; --merf-epsilon sets a what-if sigma for non-private runs)
+with the Gaussian-DP bound on any attack at each view (runners/attack_merf.py).
 """
 
 from __future__ import annotations
@@ -37,13 +46,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_gen import data as fdata
-from fedjax_gen.attacks import active, gradient_inversion, logan, membership_gan
+from fedjax_gen.attacks import active, gradient_inversion, logan, membership_gan, merf
 from fedjax_gen.attacks.metrics import mia_report, recon_report
 from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.errors import UserError
 from fedjax_gen.privacy.dp_config import DPConfig
 from fedjax_gen.run_dir import RunDir
-from fedjax_gen.runners import attack_uploads
+from fedjax_gen.runners import attack_merf, attack_uploads
 from fedjax_gen.viz import save_grid
 
 GAN_ATTACKS = ("fbb", "pbb", "wb", "logan", "gi", "active")
@@ -52,7 +61,7 @@ _NEEDS_CHECKPOINT = {"pbb", "wb", "logan", "gi"}
 ATTACKS = {"gan": (GAN_ATTACKS, ("fbb", "pbb", "wb", "logan")),
            "dense": (("fbb", "classifier", "inversion"),) * 2,
            "dosfl": (("fbb", "distilled"),) * 2,
-           "dp_merf": (("fbb",),) * 2}
+           "dp_merf": (("fbb",) + attack_merf.ATTACKS,) * 2}
 _CONFIG_SECTION = {"gan_config": "gan", "dense_config": "dense", "dosfl_config": "dosfl", "merf_config": "dp_merf"}
 
 
@@ -62,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the run directory to attack")
     p.add_argument("--attacks", default=None,
                    help=f"comma-separated; GAN runs: {','.join(ATTACKS['gan'][0])} (default fbb,pbb,wb,logan); "
-                        "DENSE: fbb,classifier,inversion; DOSFL: fbb,distilled; DP-MERF: fbb "
+                        "DENSE: fbb,classifier,inversion; DOSFL: fbb,distilled; DP-MERF: fbb,"
+                        f"{','.join(attack_merf.ATTACKS)} "
                         "(one-shot default: all); or 'all'")
     p.add_argument("--num-queries", type=int, default=200, help="members and non-members each")
     p.add_argument("--reference", default=None, metavar="RUN_DIR",
@@ -76,9 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gi-clients", type=int, default=4, help="gi: member examples inverted")
     p.add_argument("--gi-steps", type=int, default=500)
     p.add_argument("--max-clients", type=int, default=50,
-                   help="classifier/inversion/distilled: attack at most this many clients' uploads")
+                   help="classifier/inversion/distilled/merf_*: attack at most this many clients' uploads")
     p.add_argument("--inversion-clients", type=int, default=10, help="inversion: clients inverted")
     p.add_argument("--inversion-steps", type=int, default=300, help="inversion: Adam steps per class")
+    p.add_argument("--merf-slots", type=int, default=2,
+                   help="merf_recon/active: reconstruct (client, class) rows holding 1..N images")
+    p.add_argument("--merf-steps", type=int, default=300, help="merf_recon/active: Adam steps per row")
+    p.add_argument("--merf-epsilon", type=float, default=1.0,
+                   help="DP-MERF attacks on a non-private run: the what-if epsilon for the noisy views")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -291,6 +306,44 @@ def _upload_attack(t: _Target, name: str, args, key) -> dict:
     return report
 
 
+def _merf_attack(t: _Target, name: str, args, key, cache: dict) -> dict:
+    """merf_* attacks; the shared setting (queries, prior, W) is built once per invocation."""
+    has_uploads = os.path.exists(t.run_dir.file("uploads.npz"))
+    if name in ("merf_mia", "merf_recon") and not has_uploads:
+        attack_merf.load_uploads(t)  # raises the UserError that names --save-uploads
+    if "setting" not in cache:  # the attacked clients are uploads.npz's when there is one
+        cache["uploads"] = attack_merf.load_uploads(t) if has_uploads else None
+        cache["setting"] = attack_merf.setting(t, cache["uploads"], args.max_clients, args.merf_epsilon, args.seed)
+    s = cache["setting"]
+    if name == "merf_aggregate":
+        return attack_merf.aggregate(t, s, args.num_queries, key, args.seed)
+    rcfg = merf.ReconConfig(steps=args.merf_steps, slots=args.merf_slots)
+    if name == "merf_active":
+        report, grid = attack_merf.active(s, key, rcfg)
+    else:
+        out, grid = attack_merf.passive(s, cache["uploads"], key, mia=name == "merf_mia",
+                                        recon=name == "merf_recon", rcfg=rcfg)
+        report = out[name]
+    if grid is not None:
+        save_grid(t.run_dir.file(f"attack_{name}.png"), _grid_rows(*grid))
+    return report
+
+
+def _merf_summary(report: dict) -> str:
+    """auc / psnr per view (and per basis), for the progress line."""
+    parts = []
+    for k, v in report.items():
+        if not isinstance(v, dict):
+            continue
+        for m in ("auc", "psnr"):
+            if isinstance(v.get(m), float):
+                parts.append(f"{k}.{m}={v[m]:.3g}")
+        if k not in ("bases", "views", "gain_over_honest") and not {"auc", "psnr"} & set(v):
+            inner = _merf_summary(v)
+            parts += [f"{k}.{p}" for p in inner.split(", ") if p]
+    return ", ".join(parts)
+
+
 def _summary(report: dict, prefix: str = "") -> str:
     """auc-like floats of a (nested) report, for the progress line."""
     parts = []
@@ -306,9 +359,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.num_queries < 2:
         raise UserError("--num-queries must be >= 2")
-    for name in ("max_clients", "inversion_clients", "inversion_steps"):
+    for name in ("max_clients", "inversion_clients", "inversion_steps", "merf_slots", "merf_steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.merf_epsilon > 0:
+        raise UserError(f"--merf-epsilon must be > 0, got {args.merf_epsilon}")
     t = _open_run(args.run)
     attacks = _select_attacks(args.attacks, t.kind)
     if args.num_generated > 0 and t.kind != "gan":
@@ -321,6 +376,7 @@ def main(argv=None):
     root = jax.random.key(args.seed)
     out = {}
     timings = {}
+    merf_cache = {}
     for i, name in enumerate(attacks):
         key = jax.random.fold_in(root, i)
         t0 = time.time()
@@ -349,10 +405,13 @@ def main(argv=None):
             out["gi"] = _gi(t, members, args, key)
         elif name == "active":
             out["active"] = _active(t, key)
+        elif name in attack_merf.ATTACKS:
+            out[name] = _merf_attack(t, name, args, key, merf_cache)
         else:
             out[name] = _upload_attack(t, name, args, key)
         timings[name] = time.time() - t0
-        print(f"  {name}: {_summary(out.get(name, {}))}", flush=True)
+        summary = _merf_summary if name in attack_merf.ATTACKS else _summary
+        print(f"  {name}: {summary(out.get(name, {}))}", flush=True)
     prev = t.run_dir.read_json("attack_results.json") if os.path.exists(
         t.run_dir.file("attack_results.json")) else {"attacks": {}}
     results = {
@@ -362,7 +421,8 @@ def main(argv=None):
         "reference_member_overlap": _overlap(members[0], ref) if ref is not None else None,
         "settings": {k: getattr(args, k) for k in ("num_generated", "steps", "restarts", "directions", "lr",
                                                    "gi_clients", "gi_steps", "max_clients", "inversion_clients",
-                                                   "inversion_steps")},
+                                                   "inversion_steps", "merf_slots", "merf_steps",
+                                                   "merf_epsilon")},
         "attacks": {**prev.get("attacks", {}), **out},
         "seconds": {**prev.get("seconds", {}), **timings},
     }

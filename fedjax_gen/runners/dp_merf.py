@@ -3,12 +3,14 @@
 Flow: parse flags -> validate data and calibrate the noise (nothing written yet) -> run
 directory -> one summing round (each client uploads its class-tagged random-feature sum,
 the server adds the Gaussian noise) -> generator training on the server against the
-released mean embedding -> checkpoint, synthetic.npz, samples.png, results.json.
+released mean embedding -> checkpoint, synthetic.npz, samples.png, results.json, and
+uploads.npz (the first --save-uploads clients' uploads as the server received them, for attacks).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import jax
@@ -16,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fedjax_gen import cli
+from fedjax_gen import data as fdata
 from fedjax_gen.algorithms import dp_merf
 from fedjax_gen.errors import UserError
 from fedjax_gen.experiment import (
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=64)
     g.add_argument("--log-every", type=int, default=100, help="generator steps between metrics.jsonl records")
     one_shot.add_execution_flag(g)
+    one_shot.add_upload_flag(g)
     g = p.add_argument_group("privacy (example level, one Gaussian release)")
     g.add_argument("--epsilon", type=float, default=None, help="target epsilon: calibrates sigma")
     g.add_argument("--noise-multiplier", type=float, default=None, help="sigma (noise std = sigma * sqrt 2)")
@@ -82,6 +86,7 @@ def main(argv=None):
     one_shot.check_positive(args, "num_features", "gen_steps", "gen_batch_size", "num_synthetic", "log_every")
     if args.num_features % 2:
         raise UserError(f"--num-features must be even (cos and sin per frequency), got {args.num_features}")
+    one_shot.saved_clients(args)
     num_examples = int(np.sum(fed.counts))
     z, privacy = _privacy(args, num_examples)
     ds = fed.dataset
@@ -108,11 +113,32 @@ def main(argv=None):
         return _run(args, cfg, rnd, state, fed, data, run_dir, mesh, release_key, gen_key, eval_key, privacy)
 
 
+def _write_uploads(run_dir, cfg, freq_seed, fed, release_key, n_clients: int) -> None:
+    """uploads.npz: what clients 0..n-1 sent in the release round. embedding [n, C, D] and
+    counts [n, C] float32 (with each client's noise share under --distributed-noise; noise_std
+    [] says how much), client_ids [n], and the broadcast freq_seed uint32 [2]. Recomputed per
+    client (lax.map: one client's features at a time) with the round's own client keys,
+    fold_in(split(release_key, 3)[1], id) as make_round derives them, so the saved shares are
+    the ones in the released sum."""
+    if not n_clients:
+        return
+    part = fdata.pad_clients(fed.dataset.x_train, fed.dataset.y_train, fed.parts[:n_clients])
+    ids, keys = one_shot.all_clients(n_clients, jax.random.split(release_key, 3)[1])
+    client_update = dp_merf.make(cfg).client_update
+    up = jax.jit(lambda d, k: jax.lax.map(lambda a: client_update(freq_seed, a[0], a[1]).upload, (d, k)))(
+        jax.tree.map(jax.numpy.asarray, part), keys)
+    noise_std = cfg.noise_std / math.sqrt(cfg.noise_shares) if cfg.distributed_noise else 0.0
+    run_dir.write_arrays("uploads.npz", client_ids=np.asarray(ids, np.int32),
+                         embedding=np.asarray(up["embedding"], np.float32), counts=np.asarray(up["counts"], np.float32),
+                         freq_seed=np.asarray(freq_seed), noise_std=np.float32(noise_std))
+
+
 def _run(args, cfg, rnd, state, fed, data, run_dir, mesh, release_key, gen_key, eval_key, privacy):
     t0 = time.time()
     state, metrics = rnd.step(place(state, mesh), place(data, mesh), release_key)
     jax.block_until_ready(state)
     t_release = time.time() - t0
+    _write_uploads(run_dir, cfg, state.freq_seed, fed, release_key, one_shot.saved_clients(args))
     run_dir.append_metrics({"round": 1, "step": 0, "phase": "release", "seconds": t_release,
                             **{k: float(v) for k, v in metrics.items()}})
     step = dp_merf.make_generator_step(cfg)
