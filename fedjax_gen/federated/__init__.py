@@ -15,7 +15,7 @@ from fedjax_gen.federated.engine import (
     sample_clients,
     scan_rounds,
 )
-from fedjax_gen.federated.execution import Execution, default_execution, parse_execution
+from fedjax_gen.federated.execution import Execution, conv_impl_for, default_execution, parse_execution
 from fedjax_gen.federated.mesh import client_mesh, client_sharding, replicated
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Round",
     "client_mesh",
     "client_sharding",
+    "conv_impl_for",
     "default_execution",
     "make_round",
     "parse_execution",

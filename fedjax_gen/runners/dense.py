@@ -26,7 +26,7 @@ from fedjax_gen.experiment import (
     balanced_labels, generate, prepare_federated_data,
 )
 from fedjax_gen.federated import client_mesh, place
-from fedjax_gen.federated.execution import map_clients
+from fedjax_gen.federated.execution import conv_impl_for, map_clients
 from fedjax_gen.metrics import evaluate_accuracy
 from fedjax_gen.models import num_bytes
 from fedjax_gen.runners import one_shot, one_shot_privacy
@@ -79,12 +79,11 @@ def main(argv=None):
     args.w_feat = (0.0 if plan else 0.1) if args.w_feat is None else args.w_feat
     mesh = client_mesh()
     execution = one_shot.client_execution(args.execution, mesh.devices.size)
-    batched = execution.kind == "vmap" or execution.chunk > 1
     ds = fed.dataset
     cfg = dense.DENSEConfig(
         ds.image_shape, ds.num_classes, client_model=args.client_model, client_width=args.client_width,
         local_steps=args.local_steps, batch_size=args.batch_size, client_lr=args.client_lr,
-        client_conv_impl="im2col" if batched else "xla", ensemble_size=args.ensemble_size,
+        client_conv_impl=conv_impl_for(execution), ensemble_size=args.ensemble_size,
         gen_model=args.gen_model, latent_dim=args.latent_dim, gen_width=args.gen_width,
         gen_batch_size=args.gen_batch_size, gen_lr=args.gen_lr, student_lr=args.student_lr,
         student_steps=args.student_steps, w_ce=args.w_ce, w_feat=args.w_feat, w_adv=args.w_adv,

@@ -22,7 +22,7 @@ from fedjax_gen.algorithms import dosfl
 from fedjax_gen.errors import UserError
 from fedjax_gen.experiment import prepare_federated_data
 from fedjax_gen.federated import client_mesh, place
-from fedjax_gen.federated.execution import map_clients
+from fedjax_gen.federated.execution import conv_impl_for, map_clients
 from fedjax_gen.runners import one_shot, one_shot_privacy
 
 
@@ -61,11 +61,10 @@ def main(argv=None):
                         "use --init noise with --dp")
     mesh = client_mesh()
     execution = one_shot.client_execution(args.execution, mesh.devices.size)
-    batched = execution.kind == "vmap" or execution.chunk > 1
     ds = fed.dataset
     cfg = dosfl.DOSFLConfig(ds.image_shape, ds.num_classes, ipc=args.ipc, steps=args.dm_steps, lr=args.dm_lr,
                             batch_size=args.batch_size, embed_net=args.embed_net, width=args.width,
-                            conv_impl="im2col" if batched else "xla", init=args.init,
+                            conv_impl=conv_impl_for(execution), init=args.init,
                             dp_clip=args.clip if plan else None,
                             noise_multiplier=plan.noise_multiplier if plan else 0.0)
     # Buckets no shorter than a DM batch draw the same minibatches as unbucketed; --init real's

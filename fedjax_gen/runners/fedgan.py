@@ -31,6 +31,7 @@ from fedjax_gen.experiment import (
 )
 from fedjax_gen.federated import (
     client_mesh,
+    conv_impl_for,
     default_execution,
     make_round,
     parse_execution,
@@ -114,10 +115,8 @@ def _validate(args, fed):
         raise UserError(f"--clients-per-round {args.clients_per_round} exceeds --clients {args.clients}: lower it")
 
 
-def _gan_config(args, fed, dp):
-    conv_impl = args.conv_impl
-    if conv_impl == "auto":  # vmapped per-client convs lower to grouped convs on XLA:CPU
-        conv_impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+def _gan_config(args, fed, dp, execution):
+    conv_impl = conv_impl_for(execution) if args.conv_impl == "auto" else args.conv_impl
     ds = fed.dataset
     return GANConfig(
         image_shape=ds.image_shape, num_classes=ds.num_classes, model=args.model,
@@ -166,13 +165,12 @@ def main(argv=None):
         eps = plan.report(args.rounds)["epsilon"]
         print(f"privacy: {dp.mode}-level, noise multiplier {dp.noise_multiplier:.4g}, "
               f"epsilon {eps:.3g} at delta {args.delta:g} after {args.rounds} rounds ({args.accountant})")
-    cfg = _gan_config(args, fed, dp)
-    algorithm = GAN_ALGORITHMS[args.algorithm](cfg)
-
     mesh = client_mesh()
     n_dev = mesh.devices.size
     execution = (default_execution(args.model, num_devices=n_dev) if args.execution == "auto"
                  else parse_execution(args.execution, n_dev))
+    cfg = _gan_config(args, fed, dp, execution)
+    algorithm = GAN_ALGORITHMS[args.algorithm](cfg)
     root = jax.random.key(args.seed)
     init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
     state = algorithm.init(init_key)

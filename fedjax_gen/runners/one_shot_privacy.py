@@ -49,7 +49,7 @@ def plan(args, fed, *, method: str, steps: int, steps_flag: str, batch_size: int
     if args.microbatch_size is not None and not microbatch:
         raise UserError(f"--microbatch-size applies to per-example gradient clipping, which {method} "
                         "does not use: drop it")
-    counts = np.asarray(fed.client_data.counts)
+    counts = fed.counts  # not client_data: that pads every client to the largest
     if not np.any(counts > 0):
         raise UserError("no client holds an example: check --partition and --max-train")
     try:

@@ -34,7 +34,7 @@ def _args(**kw):
 
 
 def _fed(counts):
-    return types.SimpleNamespace(client_data=types.SimpleNamespace(counts=np.asarray(counts)))
+    return types.SimpleNamespace(counts=np.asarray(counts, np.int32))
 
 
 def _plan(args, counts, steps, batch, method="DOSFL"):
