@@ -18,6 +18,8 @@ Sections (each prints a table; everything goes to one JSON file):
   dp_step   DP-SGD discriminator step vs the non-private step (batch 64): two-pass and
             ghost clipping, MLP and DCGAN discriminators.
   dp_round  a whole 100-client MLP round with --dp none / example / user.
+  vs_torch  the engine's default CPU round and issue #6's PyTorch per-client loop, interleaved
+            (FedAvg: DCGAN at 100 clients, MLP at 1000).
   precision bf16 vs f32 on XLA:CPU: the matmul peak, and one FedAvg client's 5-step update
             (MLP and DCGAN discriminators) with params and inputs cast to bf16 inside the
             model (mixed precision: f32 master weights, f32 loss).
@@ -166,6 +168,26 @@ def flops_of(compiled):
         return 0.0
 
 
+def temp_bytes_of(compiled):
+    try:
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - memory analysis is best effort
+        return 0
+
+
+def client_temp_bytes(algorithm, state, data):
+    """XLA's scratch memory of one client's program: a vmap over K clients needs ~K times it
+    (the 1000-client vmapped GAN MLP round was OOM-killed at 24 GB before this guard)."""
+    one = _one_client(algorithm.client_update)
+    lowered = jax.jit(one).lower(algorithm.broadcast(state), data, jnp.int32(0), jax.random.key(0),
+                                 jnp.bool_(True))
+    return temp_bytes_of(lowered.compile())
+
+
+def physical_memory_bytes():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def round_flops(algorithm, state, data):
     """XLA's FLOP count of one client program (x clients per round) and the server update."""
     message = algorithm.broadcast(state)
@@ -217,7 +239,7 @@ def bench_round(model, strategy, clients, data, repeats, dp=DPConfig()):
     return algorithm, state0, first, times
 
 
-def section_rounds(args, peak, results):
+def section_rounds(args, peak, results, save=lambda: None):
     print("\n== rounds: seconds per dp_fedavg_gan round (steady min / median), compile, FLOP/s")
     header = (f"{'model':6s} {'clients':>7s} {'strategy':12s} {'round_s':>8s} {'median':>8s} "
               f"{'ms/client':>9s} {'compile_s':>9s} {'GFLOP/s':>8s} {'%peak':>6s} {'rss_MB':>7s} {'load':>5s}")
@@ -229,6 +251,7 @@ def section_rounds(args, peak, results):
         model_sizes = sizes if model.endswith("mlp") else (args.dcgan_sizes or ([10] if args.quick else [10, 100]))
         flops_cache = {}
         per_client_s = {}
+        temp_cache = {}
         for clients in model_sizes:
             data = synthetic_clients(clients)
             for strategy in strategies:
@@ -242,6 +265,20 @@ def section_rounds(args, peak, results):
                     print(f"{model:6s} {clients:7d} {strategy:12s} skipped (predicted "
                           f"{est * clients:.1f} s/round)")
                     continue
+                batch = clients if strategy.startswith("vmap") else (
+                    int(strategy.split(":")[1]) if strategy.startswith("chunked:") else 1)
+                if batch > 1:
+                    if model not in temp_cache:
+                        alg, _ = make_algorithm(model, "reference")
+                        temp_cache[model] = client_temp_bytes(alg, alg.init(jax.random.key(0)), data)
+                    need = temp_cache[model] * batch
+                    if need > 0.5 * physical_memory_bytes():
+                        results.append({"model": model, "clients": clients, "strategy": strategy,
+                                        "skipped": f"predicted {need / 2**30:.1f} GiB of XLA scratch "
+                                                   f"> half of {physical_memory_bytes() / 2**30:.0f} GiB"})
+                        print(f"{model:6s} {clients:7d} {strategy:12s} skipped (predicted "
+                              f"{need / 2**30:.1f} GiB scratch)")
+                        continue
                 if strategy == "torch":
                     first, times = torch_reference.time_rounds(model.split("_", 1)[1], np.asarray(data.x),
                                                                np.asarray(data.y), args.repeats)
@@ -265,6 +302,7 @@ def section_rounds(args, peak, results):
                 print(f"{model:6s} {clients:7d} {strategy:12s} {best:8.3f} {med:8.3f} "
                       f"{row['ms_per_client']:9.2f} {row['compile_s']:9.2f} {gflops:8.1f} "
                       f"{row['pct_of_peak']:6.1f} {row['maxrss_mb']:7.0f} {row['load_1m']:5.1f}", flush=True)
+                save()  # a crash (e.g. the OOM killer) keeps every row measured so far
             del data
 
 
@@ -344,6 +382,47 @@ def section_precision(args):
     return {"matmul_peak": peaks, "client_update": rows}
 
 
+def section_vs_torch(args):
+    """Issue #6's comparison, interleaved: the engine's default CPU round (loop) and the
+    PyTorch per-client loop alternate, so machine drift (this VM's speed varies by ~25%
+    over minutes) hits both alike. FedAvg of the DCGAN / MLP discriminators."""
+    if not torch_reference.available():
+        print("\n== vs_torch: skipped (torch does not import)")
+        return {"skipped": "torch does not import"}
+    rows = []
+    for kind, clients in (("dcgan", 100), ("mlp", 1000)):
+        print(f"\n== vs_torch: fedavg_{kind}, {clients} clients, engine loop vs PyTorch loop, interleaved")
+        data = synthetic_clients(clients)
+        algorithm, execution = make_algorithm(f"fedavg_{kind}", "loop")
+        step = make_round(algorithm, num_clients=clients, clients_per_round=clients, execution=execution).step
+        holder = {"state": algorithm.init(jax.random.key(0)), "r": 0}
+
+        def engine():
+            holder["r"] += 1
+            holder["state"], _ = step(holder["state"], data, jax.random.key(holder["r"]))
+            jax.block_until_ready(holder["state"])
+
+        torch_round, _ = torch_reference.make_round(kind, np.asarray(data.x), np.asarray(data.y))
+        fns = {"engine_loop": engine, "torch": torch_round}
+        for fn in fns.values():
+            fn()  # compile / warm up
+        times = {name: [] for name in fns}
+        for _ in range(args.repeats + 1):
+            for name, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+        row = {"model": f"fedavg_{kind}", "clients": clients,
+               **{f"{n}_s": min(v) for n, v in times.items()},
+               **{f"{n}_s_all": v for n, v in times.items()},
+               "torch_over_engine": min(times["torch"]) / min(times["engine_loop"]), "load_1m": os.getloadavg()[0]}
+        rows.append(row)
+        print(f"engine loop {row['engine_loop_s']:.3f} s, torch {row['torch_s']:.3f} s "
+              f"(torch / engine = {row['torch_over_engine']:.2f}); all: "
+              f"{[round(t, 2) for t in times['engine_loop']]} vs {[round(t, 2) for t in times['torch']]}", flush=True)
+    return rows
+
+
 def section_dp_round(args):
     clients = 100
     model = "mlp"
@@ -374,8 +453,8 @@ def main(argv=None):
     p.add_argument("--models", nargs="*", choices=MODELS)
     p.add_argument("--dcgan-sizes", nargs="*", type=int)
     p.add_argument("--strategies", nargs="*", choices=STRATEGIES)
-    p.add_argument("--sections", nargs="*", default=["rounds", "dp_step", "dp_round", "precision"],
-                   choices=("rounds", "dp_step", "dp_round", "precision"))
+    p.add_argument("--sections", nargs="*", default=["rounds", "vs_torch", "dp_step", "dp_round", "precision"],
+                   choices=("rounds", "vs_torch", "dp_step", "dp_round", "precision"))
     args = p.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.budget_s = args.budget_s or (20.0 if args.quick else 300.0)
@@ -391,10 +470,20 @@ def main(argv=None):
               "config": {"examples_per_client": EXAMPLES_PER_CLIENT, "local_steps": 5, "batch_size": 32,
                          "image_shape": [28, 28, 1], "repeats": args.repeats, "budget_s": args.budget_s}}
     rounds = []
+
+    def save():
+        result["rounds"] = rounds
+        result["maxrss_mb"] = maxrss_mb()
+        result["machine"]["load_average_end"] = os.getloadavg()
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+
     try:
         if "rounds" in args.sections:
-            section_rounds(args, peak["gflops_best"], rounds)
-        result["rounds"] = rounds
+            section_rounds(args, peak["gflops_best"], rounds, save)
+        if "vs_torch" in args.sections:
+            result["vs_torch"] = section_vs_torch(args)
         if "dp_step" in args.sections:
             result["dp_step"] = dp_step_rows(64, 5 if args.quick else 10)
         if "dp_round" in args.sections:
@@ -402,12 +491,7 @@ def main(argv=None):
         if "precision" in args.sections:
             result["precision"] = section_precision(args)
     finally:
-        result["rounds"] = rounds
-        result["maxrss_mb"] = maxrss_mb()
-        result["machine"]["load_average_end"] = os.getloadavg()
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1, default=str)
+        save()
         print(f"wrote {args.out}")
 
 

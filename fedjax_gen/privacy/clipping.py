@@ -256,10 +256,10 @@ _EXPECTED = {"dense": ({"kernel"}, {"kernel", "bias"}), "conv": ({"kernel", "bia
 
 
 def _patches(x, conv):
+    from fedjax_gen.models.layers import extract_patches
+
     kernel_size, strides, padding = conv
-    return jax.lax.conv_general_dilated_patches(
-        x, kernel_size, strides, padding, dimension_numbers=("NHWC", "OIHW", "NHWC")
-    )  # features ordered (Cin, kh, kw), as models.layers.conv2d
+    return extract_patches(x, kernel_size, strides=strides, padding=padding)  # features (kh, kw, Cin)
 
 
 def _tokens(layer, acts, gouts, size):
@@ -308,10 +308,9 @@ def _layer_sums(layer, a, g, per_example, factors, ok, sub):
         kernel = jnp.einsum("b,bio->io", factors, keep(per_example))
     else:
         kernel = jnp.einsum("bti,bto->io", keep(a), gc)
-    if layer.kind == "conv":
+    if layer.kind == "conv":  # patches are ordered (kh, kw, Cin): the HWIO kernel, flattened
         kh, kw = layer.conv[0]
-        cin = kernel.shape[0] // (kh * kw)
-        kernel = kernel.reshape(cin, kh, kw, -1).transpose(1, 2, 0, 3)
+        kernel = kernel.reshape(kh, kw, kernel.shape[0] // (kh * kw), -1)
     out = {"kernel": kernel.astype(sub["kernel"].dtype)}
     if "bias" in sub:
         out["bias"] = jnp.sum(gc, axis=(0, 1)).astype(sub["bias"].dtype)
