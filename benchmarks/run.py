@@ -257,13 +257,14 @@ def section_rounds(args, peak, results, save=lambda: None):
             for strategy in strategies:
                 if strategy == "torch" and not (model.startswith("fedavg_") and torch_reference.available()):
                     continue
+                def skip(reason, short):
+                    results.append({"model": model, "clients": clients, "strategy": strategy, "skipped": reason})
+                    print(f"{model:6s} {clients:7d} {strategy:12s} skipped (predicted {short})")
+
                 est = per_client_s.get(strategy)
                 if est is not None and est * clients * (2 + args.repeats) > args.budget_s:
-                    results.append({"model": model, "clients": clients, "strategy": strategy,
-                                    "skipped": f"predicted {est * clients * (2 + args.repeats):.0f} s "
-                                               f"> budget {args.budget_s:.0f} s"})
-                    print(f"{model:6s} {clients:7d} {strategy:12s} skipped (predicted "
-                          f"{est * clients:.1f} s/round)")
+                    skip(f"predicted {est * clients * (2 + args.repeats):.0f} s > budget {args.budget_s:.0f} s",
+                         f"{est * clients:.1f} s/round")
                     continue
                 batch = clients if strategy.startswith("vmap") else (
                     int(strategy.split(":")[1]) if strategy.startswith("chunked:") else 1)
@@ -273,11 +274,8 @@ def section_rounds(args, peak, results, save=lambda: None):
                         temp_cache[model] = client_temp_bytes(alg, alg.init(jax.random.key(0)), data)
                     need = temp_cache[model] * batch
                     if need > 0.5 * physical_memory_bytes():
-                        results.append({"model": model, "clients": clients, "strategy": strategy,
-                                        "skipped": f"predicted {need / 2**30:.1f} GiB of XLA scratch "
-                                                   f"> half of {physical_memory_bytes() / 2**30:.0f} GiB"})
-                        print(f"{model:6s} {clients:7d} {strategy:12s} skipped (predicted "
-                              f"{need / 2**30:.1f} GiB scratch)")
+                        skip(f"predicted {need / 2**30:.1f} GiB of XLA scratch > half of "
+                             f"{physical_memory_bytes() / 2**30:.0f} GiB", f"{need / 2**30:.1f} GiB scratch")
                         continue
                 if strategy == "torch":
                     first, times = torch_reference.time_rounds(model.split("_", 1)[1], np.asarray(data.x),

@@ -54,12 +54,12 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import norm
 
 from fedjax_gen.algorithms.dp_merf import SENSITIVITY, features
 from fedjax_gen.attacks.metrics import psnr, recon_report
+from fedjax_gen.attacks.priors import adam_in_pixel_box
 from fedjax_gen.privacy.clipping import add_gaussian_noise
 
 CRAFTED = {"honest": 1.0, "narrow": 3.0, "spike": 16.0, "lowfreq": 0.125}  # W multiplier (1 / bandwidth factor)
@@ -188,15 +188,7 @@ def _reconstruct_one(w, target, num_active, prior_mean, prior_var, noise_std, ke
                         / prior_var.reshape(1, -1))
         return fit + noise_std**2 * prior
 
-    opt = optax.adam(cfg.lr)
-
-    def step(carry, _):
-        x, s = carry
-        u, s = opt.update(jax.grad(objective)(x), s, x)
-        return (jnp.clip(optax.apply_updates(x, u), -1.0, 1.0), s), None
-
-    (x, _), _ = jax.lax.scan(step, (x0, opt.init(x0)), None, length=cfg.steps)
-    return x
+    return adam_in_pixel_box(objective, x0, lr=cfg.lr, steps=cfg.steps)
 
 
 @functools.partial(jax.jit, static_argnames="cfg")

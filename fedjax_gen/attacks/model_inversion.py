@@ -18,11 +18,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fedjax_gen.attacks.metrics import ssim
 from fedjax_gen.attacks.nearest import min_sq_distances
-from fedjax_gen.attacks.priors import total_variation
+from fedjax_gen.attacks.priors import adam_in_pixel_box, total_variation
 from fedjax_gen.models.base import Model, Params
 
 
@@ -36,20 +35,13 @@ class InversionConfig:
 
 def _invert_one(model: Model, params, c, key, image_shape, cfg: InversionConfig):
     x = 0.01 * jax.random.normal(key, image_shape)
-    opt = optax.adam(cfg.lr)
 
     def objective(x):
         logits = model.apply(params, x[None])[0]
         return (-jax.nn.log_softmax(logits)[c] + cfg.tv * total_variation(x)
                 + cfg.l2 * jnp.mean(x * x))
 
-    def step(carry, _):
-        x, s = carry
-        u, s = opt.update(jax.grad(objective)(x), s, x)
-        return (jnp.clip(optax.apply_updates(x, u), -1.0, 1.0), s), None
-
-    (x, _), _ = jax.lax.scan(step, (x, opt.init(x)), None, length=cfg.steps)
-    return x
+    return adam_in_pixel_box(objective, x, lr=cfg.lr, steps=cfg.steps)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "image_shape", "cfg"))
