@@ -70,13 +70,12 @@ def machine_info():
                 model = line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
         model = "unknown (lscpu failed)"
-    isa = []
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
         isa = sorted(f for f in set(flags) if f.startswith(("avx512", "amx", "avx2", "fma")))
     except OSError:
-        pass
+        isa = ["unknown (no /proc/cpuinfo)"]
     return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(), "isa": isa,
             "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": len(jax.devices()), "load_average_start": os.getloadavg(),
