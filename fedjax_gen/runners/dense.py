@@ -83,7 +83,7 @@ def main(argv=None):
     cfg = dense.DENSEConfig(
         ds.image_shape, ds.num_classes, client_model=args.client_model, client_width=args.client_width,
         local_steps=args.local_steps, batch_size=args.batch_size, client_lr=args.client_lr,
-        client_conv_impl=conv_impl_for(execution), ensemble_size=args.ensemble_size,
+        client_conv_impl=conv_impl_for(execution, rolled=True), ensemble_size=args.ensemble_size,
         gen_model=args.gen_model, latent_dim=args.latent_dim, gen_width=args.gen_width,
         gen_batch_size=args.gen_batch_size, gen_lr=args.gen_lr, student_lr=args.student_lr,
         student_steps=args.student_steps, w_ce=args.w_ce, w_feat=args.w_feat, w_adv=args.w_adv,

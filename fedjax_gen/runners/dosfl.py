@@ -64,7 +64,7 @@ def main(argv=None):
     ds = fed.dataset
     cfg = dosfl.DOSFLConfig(ds.image_shape, ds.num_classes, ipc=args.ipc, steps=args.dm_steps, lr=args.dm_lr,
                             batch_size=args.batch_size, embed_net=args.embed_net, width=args.width,
-                            conv_impl=conv_impl_for(execution), init=args.init,
+                            conv_impl=conv_impl_for(execution, rolled=True), init=args.init,
                             dp_clip=args.clip if plan else None,
                             noise_multiplier=plan.noise_multiplier if plan else 0.0)
     # Buckets no shorter than a DM batch draw the same minibatches as unbucketed; --init real's
