@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from fedjax_gen.algorithms import dense
-from fedjax_gen.data import load_dataset, pad_clients, partition
 from fedjax_gen.federated import Execution
 from fedjax_gen.federated.execution import map_clients
 from fedjax_gen.models import num_bytes
@@ -17,12 +16,9 @@ from fedjax_gen.runners.dense import main
 
 
 @pytest.fixture(scope="module")
-def setup():
-    ds = load_dataset("digits")
-    idx = np.arange(300)
-    parts = partition(ds.y_train[idx], 4, "iid", 0)
-    cd = pad_clients(ds.x_train[idx], ds.y_train[idx], parts)
-    cfg = dense.DENSEConfig(ds.image_shape, 10, client_model="mlp", client_width=16, local_steps=20,
+def setup(digits_clients):
+    cd, image_shape = digits_clients(300, 4, "iid")
+    cfg = dense.DENSEConfig(image_shape, 10, client_model="mlp", client_width=16, local_steps=20,
                             batch_size=32, client_lr=3e-3, ensemble_size=4, gen_width=16, latent_dim=16,
                             gen_batch_size=32, gen_lr=5e-3)
     return cd, cfg

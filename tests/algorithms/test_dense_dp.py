@@ -13,19 +13,16 @@ import optax
 import pytest
 
 from fedjax_gen.algorithms import dense
-from fedjax_gen.data import load_dataset, pad_clients, partition, to_float
+from fedjax_gen.data import to_float
 from fedjax_gen.errors import UserError
 from fedjax_gen.federated import Execution
 from fedjax_gen.federated.execution import map_clients
 
 
 @pytest.fixture(scope="module")
-def setup():
-    ds = load_dataset("digits")
-    idx = np.arange(100)
-    parts = partition(ds.y_train[idx], 4, "iid", 0)
-    cd = pad_clients(ds.x_train[idx], ds.y_train[idx], parts)
-    cfg = dense.DENSEConfig(ds.image_shape, 10, client_model="mlp", client_width=8, local_steps=4,
+def setup(digits_clients):
+    cd, image_shape = digits_clients(100, 4, "iid")
+    cfg = dense.DENSEConfig(image_shape, 10, client_model="mlp", client_width=8, local_steps=4,
                             batch_size=8, client_lr=3e-3, ensemble_size=2, gen_width=16, latent_dim=8,
                             gen_batch_size=16, w_feat=0.0, dp_clip=0.3, noise_multiplier=1.2)
     model = cfg.classifier()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedjax_gen.algorithms import dosfl
-from fedjax_gen.data import load_dataset, pad_clients, partition, to_float
+from fedjax_gen.data import to_float
 from fedjax_gen.federated import Execution
 from fedjax_gen.federated.execution import map_clients
 from fedjax_gen.run_dir import REQUIRED_RESULTS
@@ -17,12 +17,9 @@ from fedjax_gen.runners.dosfl import main
 
 
 @pytest.fixture(scope="module")
-def setup():
-    ds = load_dataset("digits")
-    idx = np.arange(120)
-    parts = partition(ds.y_train[idx], 4, "dirichlet:0.5", 0)
-    cd = pad_clients(ds.x_train[idx], ds.y_train[idx], parts)
-    cfg = dosfl.DOSFLConfig(ds.image_shape, 10, ipc=3, steps=60, lr=0.1, batch_size=32, width=8)
+def setup(digits_clients):
+    cd, image_shape = digits_clients(120, 4, "dirichlet:0.5")
+    cfg = dosfl.DOSFLConfig(image_shape, 10, ipc=3, steps=60, lr=0.1, batch_size=32, width=8)
     return cd, cfg
 
 

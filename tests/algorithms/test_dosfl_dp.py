@@ -13,19 +13,16 @@ import numpy as np
 import pytest
 
 from fedjax_gen.algorithms import dosfl
-from fedjax_gen.data import load_dataset, pad_clients, partition, to_float
+from fedjax_gen.data import to_float
 from fedjax_gen.errors import UserError
 from fedjax_gen.federated import Execution
 from fedjax_gen.federated.execution import map_clients
 
 
 @pytest.fixture(scope="module")
-def setup():
-    ds = load_dataset("digits")
-    idx = np.arange(120)
-    parts = partition(ds.y_train[idx], 4, "dirichlet:0.5", 0)
-    cd = pad_clients(ds.x_train[idx], ds.y_train[idx], parts)
-    cfg = dosfl.DOSFLConfig(ds.image_shape, 10, ipc=3, steps=8, lr=0.1, batch_size=16, width=8,
+def setup(digits_clients):
+    cd, image_shape = digits_clients(120, 4, "dirichlet:0.5")
+    cfg = dosfl.DOSFLConfig(image_shape, 10, ipc=3, steps=8, lr=0.1, batch_size=16, width=8,
                             dp_clip=0.5, noise_multiplier=1.5)
     return cd, cfg
 
