@@ -18,6 +18,10 @@ Sections (each prints a table; everything goes to one JSON file):
   dp_step   DP-SGD discriminator step vs the non-private step (batch 64): two-pass and
             ghost clipping, MLP and DCGAN discriminators.
   dp_round  a whole 100-client MLP round with --dp none / example / user.
+  dp_poisson  DENSE's DP-SGD client step (CNN, 28x28x1, b = 32, Poisson sampling) on one client
+            padded to MNIST Dirichlet-0.1's bucket lengths: the clipped sum over every padded
+            slot (masked) vs over buffers of the sampled examples (`poisson_sum`), and the
+            non-private fixed-batch step, interleaved.
   vs_torch  the engine's default CPU round and issue #6's PyTorch per-client loop, interleaved
             (FedAvg: DCGAN at 100 clients, MLP at 1000).
   precision bf16 vs f32 on XLA:CPU: the matmul peak, and one FedAvg client's 5-step update
@@ -420,6 +424,58 @@ def section_vs_torch(args):
     return rows
 
 
+def section_dp_poisson(args):
+    """DENSE's DP-SGD step: whole padded client vs buffers of the sampled examples (module doc)."""
+    from fedjax_gen.algorithms import dense
+    from fedjax_gen.algorithms.gan import sample_batch
+    from fedjax_gen.privacy.sampling import poisson_batch
+
+    repeats = 5 if args.quick else 20
+    cfg = dense.DENSEConfig((28, 28, 1), 10, client_conv_impl="im2col", w_feat=0.0, dp_clip=1.0,
+                            noise_multiplier=1.0)
+    model = cfg.classifier("im2col")
+    params = model.init(jax.random.key(0))
+    plain_loss = lambda p, x, y, m: jnp.sum(jnp.where(
+        m, optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y), 0.0)) / jnp.maximum(jnp.sum(m), 1)
+
+    def whole(p, client, k):
+        k_sample, k_noise = jax.random.split(k)
+        x, y, mask, q = poisson_batch(client, k_sample, cfg.batch_size)
+        return dense.dp_gradient(cfg, model, p, x, y, mask, q * jnp.sum(client.mask), k_noise)[0]
+
+    def plain(p, client, k):
+        return jax.grad(plain_loss)(p, *sample_batch(client, k, cfg.batch_size))
+
+    fns = {"plain": jax.jit(plain), "whole": jax.jit(whole),
+           "buffered": jax.jit(lambda p, c, k: dense.poisson_dp_gradient(cfg, model, p, c, k))}
+    print(f"\n== dp_poisson: DENSE DP-SGD step, CNN, b={cfg.batch_size} (ms, min over {repeats} interleaved)")
+    rows = []
+    for slots, n in ((113, 60), (523, 400)):  # MNIST Dirichlet-0.1 buckets; n real examples
+        rng = np.random.default_rng(slots)
+        client = jax.device_put(ClientData(rng.integers(0, 256, (slots, 28, 28, 1), dtype=np.uint8),
+                                           rng.integers(0, 10, slots).astype(np.int32),
+                                           np.arange(slots) < n, np.int32(n)))
+        keys = iter(jax.random.split(jax.random.key(1), 4 * repeats + 4))
+        for fn in fns.values():
+            jax.block_until_ready(fn(params, client, next(keys)))
+        times = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                k = next(keys)
+                t = time.perf_counter()
+                jax.block_until_ready(fn(params, client, k))
+                times[name].append(time.perf_counter() - t)
+        best = {name: 1e3 * min(v) for name, v in times.items()}
+        row = {"slots": slots, "examples": n, **{f"{k}_ms": v for k, v in best.items()},
+               "speedup_buffered_vs_whole": best["whole"] / best["buffered"],
+               "buffered_vs_plain": best["buffered"] / best["plain"], "load_1m": os.getloadavg()[0]}
+        rows.append(row)
+        print(f"slots={slots:4d} n={n:4d} plain={best['plain']:7.2f} whole={best['whole']:8.2f} "
+              f"buffered={best['buffered']:7.2f} (x{row['speedup_buffered_vs_whole']:.1f} faster, "
+              f"x{row['buffered_vs_plain']:.2f} of plain) load={row['load_1m']:.1f}", flush=True)
+    return rows
+
+
 def section_dp_round(args):
     clients = 100
     model = "mlp"
@@ -450,8 +506,8 @@ def main(argv=None):
     p.add_argument("--models", nargs="*", choices=MODELS)
     p.add_argument("--dcgan-sizes", nargs="*", type=int)
     p.add_argument("--strategies", nargs="*", choices=STRATEGIES)
-    p.add_argument("--sections", nargs="*", default=["rounds", "vs_torch", "dp_step", "dp_round", "precision"],
-                   choices=("rounds", "vs_torch", "dp_step", "dp_round", "precision"))
+    sections = ("rounds", "vs_torch", "dp_step", "dp_round", "dp_poisson", "precision")
+    p.add_argument("--sections", nargs="*", default=list(sections), choices=sections)
     args = p.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.budget_s = args.budget_s or (20.0 if args.quick else 300.0)
@@ -485,6 +541,8 @@ def main(argv=None):
             result["dp_step"] = dp_step_rows(64, 5 if args.quick else 10)
         if "dp_round" in args.sections:
             result["dp_round"] = section_dp_round(args)
+        if "dp_poisson" in args.sections:
+            result["dp_poisson"] = section_dp_poisson(args)
         if "precision" in args.sections:
             result["precision"] = section_precision(args)
     finally:

@@ -18,7 +18,8 @@ is G's output; the student is the distilled global model.
 
 DP (cfg.dp_clip set; example level, add/remove one example of one client): each client
 trains with DP-SGD. Every local step Poisson-samples its examples at q = min(1, b / n)
-(privacy/sampling.py), clips each example's gradient to C (`clipped_grad_sum`, ghost
+(privacy/sampling.py; `poisson_sum` runs the clipped sum over buffers of the sampled
+examples only), clips each example's gradient to C (`clipped_grad_sum`, ghost
 clipping), adds N(0, (sigma C)^2) to the sum and divides by the public expected batch
 q n = min(b, n); T local steps are T Poisson-subsampled Gaussians of multiplier sigma.
 The feature statistics (mean / variance of penultimate features over the client's data)
@@ -42,7 +43,7 @@ from fedjax_gen.algorithms.gan import sample_batch
 from fedjax_gen.data.client_data import to_float
 from fedjax_gen.models import make_classifier, make_generator
 from fedjax_gen.privacy.clipping import add_gaussian_noise, clipped_grad_sum
-from fedjax_gen.privacy.sampling import poisson_batch
+from fedjax_gen.privacy.sampling import poisson_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,19 +108,38 @@ def _head(params):
     return params[max((k for k in params if k.startswith("Dense_")), key=lambda k: int(k[6:]))]
 
 
+def _example_loss(model):
+    def loss(p, example):
+        xi, yi = example
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xi[None]), yi[None])[0]
+
+    return loss
+
+
+def _noised_mean(cfg: DENSEConfig, summed, expected_batch, key):
+    noised = add_gaussian_noise(summed, cfg.noise_multiplier * cfg.dp_clip, key)
+    return jax.tree.map(lambda g: g / expected_batch, noised)
+
+
 def dp_gradient(cfg: DENSEConfig, model, params, x, y, mask, expected_batch, key):
     """One DP-SGD gradient: (sum_i clip_C(grad_i) + N(0, (sigma C)^2)) / expected_batch.
 
     x [N, H, W, Ch] float, y [N], mask [N] (a Poisson batch; masked slots contribute
     exactly 0 whatever they hold), expected_batch [] the public q n. Returns (grads, ClipAux)."""
-    def example_loss(p, example):
-        xi, yi = example
-        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xi[None]), yi[None])[0]
-
-    summed, aux = clipped_grad_sum(example_loss, cfg.dp_clip, microbatch_size=cfg.microbatch_size)(
+    summed, aux = clipped_grad_sum(_example_loss(model), cfg.dp_clip, microbatch_size=cfg.microbatch_size)(
         params, (x, y), mask)
-    noised = add_gaussian_noise(summed, cfg.noise_multiplier * cfg.dp_clip, key)
-    return jax.tree.map(lambda g: g / expected_batch, noised), aux
+    return _noised_mean(cfg, summed, expected_batch, key), aux
+
+
+def poisson_dp_gradient(cfg: DENSEConfig, model, params, client, key):
+    """`dp_gradient` of one Poisson batch of `client` (ClientData leaves without client axis),
+    the clipped sum computed over buffers of the sampled examples only (`poisson_sum`)."""
+    k_sample, k_noise = jax.random.split(key)
+    clipped_sum = clipped_grad_sum(_example_loss(model), cfg.dp_clip, microbatch_size=cfg.microbatch_size)
+    summed, q = poisson_sum(lambda x, y, mask: clipped_sum(params, (x, y), mask)[0], client, k_sample,
+                            cfg.batch_size, buffer_multiple=cfg.microbatch_size or 1)
+    expected = jnp.maximum(q * jnp.sum(client.mask), 1.0)  # min(b, n): public given n
+    return _noised_mean(cfg, summed, expected, k_noise)
 
 
 def make_client_fn(cfg: DENSEConfig):
@@ -137,10 +157,7 @@ def make_client_fn(cfg: DENSEConfig):
         if not cfg.private:
             x, y, mask = sample_batch(client, k, cfg.batch_size)
             return jax.grad(loss_fn)(params, x, y, mask)
-        k_sample, k_noise = jax.random.split(k)
-        x, y, mask, q = poisson_batch(client, k_sample, cfg.batch_size)
-        expected = jnp.maximum(q * jnp.sum(client.mask), 1.0)  # min(b, n): public given n
-        return dp_gradient(cfg, model, params, x, y, mask, expected, k_noise)[0]
+        return poisson_dp_gradient(cfg, model, params, client, k)
 
     def client_fn(init_params, client, key):
         def step(carry, k):

@@ -17,6 +17,7 @@ from fedjax_gen.data import to_float
 from fedjax_gen.errors import UserError
 from fedjax_gen.federated import Execution
 from fedjax_gen.federated.execution import map_clients
+from fedjax_gen.privacy.sampling import poisson_batch
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,23 @@ def test_gradient_is_the_clipped_sum_over_the_expected_batch(setup):
     for i in np.flatnonzero(np.asarray(mask))[:4]:
         other, _ = dp_gradient(params, x, y, mask.at[i].set(False), 1.0, jax.random.key(0))
         assert np.linalg.norm(_flat(got) * 7.0 - _flat(other)) <= cfg.dp_clip * (1 + 1e-4)
+
+
+def test_poisson_gradient_over_buffers_equals_the_whole_padded_client(setup):
+    """The client's DP-SGD step (clipped sum over buffers of the sampled examples) equals
+    dp_gradient on all padded slots with poisson_batch's mask, noise included."""
+    cd, cfg, model, params = setup
+    cfg = dataclasses.replace(cfg, batch_size=3)  # ~3 of ~14 sampled: several 6-slot buffers in a step
+    client = jax.tree.map(lambda a: jnp.asarray(a[1]), cd)
+
+    def both(k):
+        k_sample, k_noise = jax.random.split(k)
+        x, y, mask, q = poisson_batch(client, k_sample, cfg.batch_size)
+        whole, _ = dense.dp_gradient(cfg, model, params, x, y, mask, q * jnp.sum(client.mask), k_noise)
+        return whole, dense.poisson_dp_gradient(cfg, model, params, client, k)
+
+    whole, buffered = jax.jit(jax.vmap(both))(jax.random.split(jax.random.key(5), 8))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), whole, buffered)
 
 
 def test_noise_std_is_sigma_clip_over_the_expected_batch(setup):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedjax_gen.errors import UserError
-from fedjax_gen.privacy.sampling import poisson_batch, poisson_rate
+from fedjax_gen.privacy.sampling import poisson_batch, poisson_buffer, poisson_rate, poisson_sum
 from fedjax_gen.runners import one_shot_privacy
 
 
@@ -25,6 +25,35 @@ def test_poisson_batch_samples_real_examples_at_rate_b_over_n():
     rate = np.asarray(masks)[:, :n].mean()
     assert rate == pytest.approx(10 / n, abs=0.01)
     assert float(poisson_rate(5, 10)) == 1.0 and float(poisson_rate(0, 10)) == 1.0
+
+
+def _sum_of_labels_and_pixels(x, y, mask):
+    """An additive per-example statistic whose masked slots contribute exactly 0."""
+    w = mask.astype(jnp.float32)
+    return {"count": jnp.sum(w), "y": jnp.sum(w * y), "x": jnp.sum(w[:, None] * x.reshape(x.shape[0], -1), 0)}
+
+
+@pytest.mark.parametrize("n,buffer,multiple", [(40, None, 1), (40, 3, 1), (40, 3, 4), (7, None, 1), (0, None, 1)])
+def test_poisson_sum_over_buffers_equals_the_masked_whole_client(n, buffer, multiple):
+    """Same sample as poisson_batch; buffers smaller than the sample run again (never cut);
+    a buffer rounded to a microbatch multiple or longer than the client changes nothing."""
+    size = 48
+    rng = np.random.RandomState(0)
+    client = types.SimpleNamespace(x=jnp.asarray(rng.randint(0, 256, (size, 2, 2, 1)), jnp.uint8),
+                                   y=jnp.asarray(rng.randint(0, 10, size), jnp.int32), mask=jnp.arange(size) < n)
+    keys = jax.random.split(jax.random.key(1), 64)
+
+    def both(k):
+        x, y, mask, q = poisson_batch(client, k, 10)
+        got, q2 = poisson_sum(_sum_of_labels_and_pixels, client, k, 10, buffer, multiple)
+        return _sum_of_labels_and_pixels(x, y, mask), got, q, q2
+
+    want, got, q, q2 = jax.jit(jax.vmap(both))(keys)
+    np.testing.assert_array_equal(q, q2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5), want, got)
+    if n and buffer:  # the sample outgrew one buffer in some steps
+        assert np.max(np.asarray(got["count"])) > buffer * multiple
+    assert poisson_buffer(32) == 50
 
 
 def _args(**kw):
