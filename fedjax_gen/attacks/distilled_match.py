@@ -11,7 +11,10 @@ Two views, both from chunked nearest-neighbour distances (`nearest`):
     the "generated" set): score = -min distance to the client's distilled images; members vs
     non-members -> AUC / TPR@FPR.
 Vmapped over clients: distilled [C, M, ...] and padded members [C, N, ...], each with an
-optional mask (clients upload different numbers of images).
+optional mask (clients upload different numbers of images). Non-members are shared [K, ...]
+or per client [C, K, ...] with a mask; under label skew they must be per client and
+matched to its class counts, or both views mostly detect which classes the client holds
+(its distilled images are of those classes), not membership.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ def _float(x):
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
-def client_distances(distilled, members, member_mask, nonmembers, chunk: int = 1024, distilled_mask=None):
+def client_distances(distilled, members, member_mask, nonmembers, chunk: int = 1024, distilled_mask=None,
+                     nonmember_mask=None):
     """distilled [C, M, H, W, Ch] ([-1, 1] floats or uint8), padded with distilled_mask [C, M]
     (None: all real; padded rows get distances too: mask them on the host); members [C, N, ...]
-    padded with member_mask [C, N]; nonmembers [K, ...] shared, K >= N. Returns dict of:
+    padded with member_mask [C, N]; nonmembers [K, ...] shared, K >= N (each client's d_non
+    uses the first n_c), or per client [C, K, ...] padded with nonmember_mask [C, K]. Returns
+    dict of:
       d_member [C, M], idx_member [C, M]   distilled -> nearest real member
       d_non [C, M], idx_non [C, M]         distilled -> nearest non-member
       mia_member [C, N], mia_non [C, K]    private/held-out example -> nearest distilled image
@@ -42,27 +48,35 @@ def client_distances(distilled, members, member_mask, nonmembers, chunk: int = 1
 
     if distilled_mask is None:
         distilled_mask = jnp.ones(distilled.shape[:2], bool)
+    per_client = nonmember_mask is not None
 
-    def one(dist, dmask, mem, mask):
+    def one(dist, dmask, mem, mask, non, nmask):
         dist = _float(dist)
         dm, im = min_sq_distances(dist, mem, r_mask=mask, q_chunk=chunk, g_chunk=chunk)
-        same_size = jnp.arange(nonmembers.shape[0]) < jnp.sum(mask)
-        dn, i_n = min_sq_distances(dist, nonmembers, r_mask=same_size, q_chunk=chunk, g_chunk=chunk)
+        if not per_client:
+            nmask = jnp.arange(non.shape[0]) < jnp.sum(mask)  # as many as the client's members
+        dn, i_n = min_sq_distances(dist, non, r_mask=nmask, q_chunk=chunk, g_chunk=chunk)
         mm, _ = min_sq_distances(mem, dist, r_mask=dmask, q_chunk=chunk, g_chunk=chunk)
-        mn, _ = min_sq_distances(nonmembers, dist, r_mask=dmask, q_chunk=chunk, g_chunk=chunk)
+        mn, _ = min_sq_distances(non, dist, r_mask=dmask, q_chunk=chunk, g_chunk=chunk)
         return {"d_member": dm, "idx_member": im, "d_non": dn, "idx_non": i_n,
                 "mia_member": mm, "mia_non": mn}
 
-    return jax.vmap(one)(distilled, distilled_mask, members, member_mask)
+    axis = 0 if per_client else None
+    return jax.vmap(one, in_axes=(0, 0, 0, 0, axis, axis))(
+        distilled, distilled_mask, members, member_mask, nonmembers, nonmember_mask)
 
 
-def distilled_report(distilled, members, member_mask, nonmembers, distilled_mask=None) -> dict:
-    """Host-side summary of `client_distances` pooled over clients (real distilled rows only)."""
+def distilled_report(distilled, members, member_mask, nonmembers, distilled_mask=None,
+                     nonmember_mask=None) -> dict:
+    """Host-side summary of `client_distances` pooled over clients (real distilled rows, real
+    members and non-members only)."""
     mask = np.asarray(member_mask, bool)
     dmask = np.ones(np.shape(distilled)[:2], bool) if distilled_mask is None else np.asarray(distilled_mask, bool)
-    if len(nonmembers) < mask.shape[1]:
+    if nonmember_mask is None and len(nonmembers) < mask.shape[1]:
         raise ValueError(f"need >= {mask.shape[1]} non-members (as many as a client's members)")
-    d = jax.tree.map(np.asarray, client_distances(distilled, members, mask, nonmembers, distilled_mask=dmask))
+    d = jax.tree.map(np.asarray, client_distances(distilled, members, mask, nonmembers, distilled_mask=dmask,
+                                                  nonmember_mask=nonmember_mask))
+    mia_non = d["mia_non"].ravel() if nonmember_mask is None else d["mia_non"][np.asarray(nonmember_mask, bool)]
     dist = np.asarray(_float(jnp.asarray(distilled)))
     best = np.stack([np.asarray(_float(jnp.asarray(members[i])))[d["idx_member"][i]] for i in range(len(dist))])
     flat_dist, flat_best = dist[dmask], best[dmask]
@@ -74,6 +88,6 @@ def distilled_report(distilled, members, member_mask, nonmembers, distilled_mask
         "best_match_mse": float(np.mean(dm) / d_pix),
         "best_match_psnr": float(np.mean(psnr(flat_dist, flat_best))),
         "best_match_ssim": float(np.mean(ssim(flat_dist, flat_best))),
-        "mia": mia_report(-d["mia_member"][mask], -d["mia_non"].ravel()),
+        "mia": mia_report(-d["mia_member"][mask], -mia_non),
         "num_distilled": int(dmask.sum()),
     }

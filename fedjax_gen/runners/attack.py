@@ -295,10 +295,11 @@ def _upload_attack(t: _Target, name: str, args, key) -> dict:
     owner = t.membership["train_client"]
     nonmembers = np.random.default_rng(args.seed).permutation(t.membership["nonmembers"])
     if name == "distilled":
-        return attack_uploads.distilled(t.run_dir, t.dataset, owner, nonmembers, args.max_clients)
+        return attack_uploads.distilled(t.run_dir, t.dataset, owner, nonmembers, args.max_clients, args.seed)
     model, params, ids = attack_uploads.dense_classifiers(t.run_dir, t.cfg, args.max_clients)
     if name == "classifier":
-        return attack_uploads.classifier_mia(model, params, ids, t.dataset, owner, nonmembers[:args.num_queries])
+        return attack_uploads.classifier_mia(model, params, ids, t.dataset, owner, nonmembers,
+                                             num_any_class=args.num_queries, seed=args.seed)
     n = min(args.inversion_clients, len(ids))
     report, recon = attack_uploads.inversion(model, jax.tree.map(lambda a: a[:n], params), ids[:n], t.dataset,
                                              owner, nonmembers, key, args.inversion_steps, args.seed)

@@ -2,11 +2,15 @@
 
   classifier  DENSE: loss / confidence MIA (Yeom) on each uploaded client classifier; members
               are that client's own examples (membership.npz train_client), non-members are
-              held-out test examples
+              held-out test examples drawn to match the client's class counts ("loss",
+              "conf": membership proper) and, for comparison, one shared held-out set of
+              every class ("any_class": under label skew this mostly detects which classes
+              the client holds)
   inversion   DENSE: class-score model inversion of each client classifier; each class's
               reconstruction vs the client's nearest member and nearest non-member of that class
               (non-members drawn to match the client's class counts, so neither set is larger)
-  distilled   DOSFL: the uploaded distilled images vs their owner's private examples
+  distilled   DOSFL: the uploaded distilled images vs their owner's private examples, against
+              class-matched non-members (and "any_class", as for classifier)
 
 Every function takes the rebuilt dataset and membership.npz arrays and returns a JSON-able
 report (plus, for inversion, the reconstructions for a grid).
@@ -59,15 +63,24 @@ def _members_of(owner, client_ids):
     return [np.flatnonzero(owner == c) for c in client_ids]
 
 
-def classifier_mia(model, params, client_ids, dataset, owner, nonmembers) -> dict:
-    """Yeom loss / confidence MIA, pooled over (client model, example) pairs."""
-    idx, mask = _padded(_members_of(owner, client_ids))
+def classifier_mia(model, params, client_ids, dataset, owner, nonmembers, num_any_class: int, seed: int) -> dict:
+    """Yeom loss / confidence MIA, pooled over (client model, example) pairs: non-members
+    class-matched per client from the pool `nonmembers` (the report's loss / conf), and the
+    first `num_any_class` of the pool shared by every client (any_class)."""
+    members = _members_of(owner, client_ids)
+    idx, mask = _padded(members)
     if not mask.any():
         return {"skipped": "the attacked clients hold no training examples"}
-    scores = membership_classifier.client_scores(
-        model, params, dataset.x_train[idx], dataset.y_train[idx],
-        dataset.x_test[nonmembers], dataset.y_test[nonmembers])
-    return membership_classifier.classifier_mia_report(scores, mask)
+    xm, ym = dataset.x_train[idx], dataset.y_train[idx]
+    rng = np.random.default_rng(seed)
+    non_idx, non_mask = _padded([matched_nonmembers(rng, dataset.y_train[m], dataset.y_test, nonmembers)
+                                 for m in members])
+    report = membership_classifier.classifier_mia_report(membership_classifier.client_scores(
+        model, params, xm, ym, dataset.x_test[non_idx], dataset.y_test[non_idx]), mask, non_mask)
+    shared = nonmembers[:num_any_class]
+    report["any_class"] = membership_classifier.classifier_mia_report(membership_classifier.client_scores(
+        model, params, xm, ym, dataset.x_test[shared], dataset.y_test[shared]), mask)
+    return report
 
 
 def matched_nonmembers(rng, y_members, y_pool, pool_idx):
@@ -98,16 +111,23 @@ def inversion(model, params, client_ids, dataset, owner, nonmembers, key, steps:
             "num_client_classes": int(sum(r["num_classes"] for r in reports)), "steps": steps}, recon
 
 
-def distilled(run_dir: RunDir, dataset, owner, nonmembers, max_clients: int) -> dict:
-    """DOSFL: nearest-neighbour report of each attacked client's uploaded images."""
+def distilled(run_dir: RunDir, dataset, owner, nonmembers, max_clients: int, seed: int) -> dict:
+    """DOSFL: nearest-neighbour report of each attacked client's uploaded images, against
+    class-matched non-members (any_class: the first n_c of one shared held-out set)."""
     up = read_uploads(run_dir)
     client_ids = np.unique(up["owner"])[:max_clients]
     if not len(client_ids):
         return {"skipped": "uploads.npz holds no images"}
     d_idx, d_mask = _padded([np.flatnonzero(up["owner"] == c) for c in client_ids])
-    m_idx, m_mask = _padded(_members_of(owner, client_ids))
+    members = _members_of(owner, client_ids)
+    m_idx, m_mask = _padded(members)
     if len(nonmembers) < m_mask.shape[1]:
         raise UserError(f"distilled: {len(nonmembers)} non-members, but a client holds {m_mask.shape[1]} examples")
-    report = distilled_match.distilled_report(up["x"][d_idx], dataset.x_train[m_idx], m_mask,
-                                              dataset.x_test[nonmembers], distilled_mask=d_mask)
+    rng = np.random.default_rng(seed)
+    n_idx, n_mask = _padded([matched_nonmembers(rng, dataset.y_train[m], dataset.y_test, nonmembers) for m in members])
+    x_up, x_members = up["x"][d_idx], dataset.x_train[m_idx]
+    report = distilled_match.distilled_report(x_up, x_members, m_mask, dataset.x_test[n_idx], distilled_mask=d_mask,
+                                              nonmember_mask=n_mask)
+    report["any_class"] = distilled_match.distilled_report(x_up, x_members, m_mask, dataset.x_test[nonmembers],
+                                                           distilled_mask=d_mask)
     return {**report, "num_clients": len(client_ids)}

@@ -58,3 +58,29 @@ def test_model_inversion(clients, digits):
     assert rep["num_classes"] >= 8
     assert all(np.isfinite(v) for v in rep.values())
     assert 0.0 <= rep["closer_to_member"] <= 1.0
+
+
+def test_class_matched_non_members_separate_membership_from_label_skew(digits):
+    """A model trained on classes 0 and 1 only, attacked on other 0s and 1s it never saw:
+    against a shared held-out set of every class the loss MIA "detects" them (their class),
+    against class-matched non-members it is at chance, as it must be. (That the matched
+    view still finds real members: test_loss_mia_per_client, whose classes are balanced.)"""
+    import types
+
+    from fedjax_gen.runners.attack_uploads import classifier_mia
+
+    y_train = np.asarray(digits["y_train"])
+    two = np.flatnonzero(y_train < 2)
+    seen, unseen = two[:40], two[40:100]
+    x = jnp.asarray(digits["x_train"][seen])
+    loss = lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(MODEL.apply(p, x), y_train[seen]))
+    params = jax.tree.map(lambda a: a[None], fit(loss, MODEL.init(jax.random.key(3)), steps=300, lr=2e-2))
+    ds = types.SimpleNamespace(x_train=np.asarray(digits["x_train"]), y_train=y_train,
+                               x_test=np.asarray(digits["x_test"]), y_test=np.asarray(digits["y_test"]))
+    pool = np.arange(len(ds.y_test))
+    owner = np.full(len(y_train), -1)
+    owner[unseen] = 0
+    report = classifier_mia(MODEL, params, np.array([0]), ds, owner, pool, num_any_class=300, seed=0)
+    assert report["any_class"]["loss"]["auc"] > 0.8  # the classes, not membership
+    assert abs(report["loss"]["auc"] - 0.5) < 0.15
+    assert report["loss"]["num_clients"] == 1
