@@ -15,6 +15,7 @@ run() {  # run NAME SCRIPT FLAGS...: train, then attack the run directory
   python "experiments/$script.py" "${common[@]}" --out "$root/$name" "$@"
   python experiments/attack.py --run "$root/$name" --num-queries 1000
 }
+run dosfl_dir dosfl --partition dirichlet:0.1
 run dosfl_quantity dosfl --partition quantity:0.1
 run dosfl_iid dosfl --partition iid
 run dosfl_dir_eps10 dosfl --partition dirichlet:0.1 --dp example --epsilon 10 --delta 1e-5 --clip 1
