@@ -23,6 +23,7 @@ run dosfl_dir_eps1 dosfl --partition dirichlet:0.1 --dp example --epsilon 1 --de
 run dense_dir dense --partition dirichlet:0.1
 run dense_quantity dense --partition quantity:0.1
 run dense_dir_eps10 dense --partition dirichlet:0.1 --dp example --epsilon 10 --delta 1e-5 --clip 1
+run dense_dir_eps1 dense --partition dirichlet:0.1 --dp example --epsilon 1 --delta 1e-5 --clip 1
 run dp_merf_quantity_eps1 dp_merf --partition quantity:0.1 --epsilon 1 --delta 1e-5
 run dp_merf_dir_eps1 dp_merf --partition dirichlet:0.1 --epsilon 1 --delta 1e-5
 run dp_merf_dir_eps10 dp_merf --partition dirichlet:0.1 --epsilon 10 --delta 1e-5
