@@ -121,3 +121,26 @@ def test_privacy_spec_json_roundtrip():
     assert PrivacySpec.from_dict(none.to_dict()).epsilon == math.inf
     with pytest.raises(UserError, match="privacy unit"):
         PrivacySpec(1.0, DELTA, 1.0, 0.1, 10, "client", "rdp")
+
+
+def test_unconverged_rdp_order_warnings_are_dropped_and_other_absl_warnings_kept(caplog):
+    import logging
+
+    absl = logging.getLogger("absl")
+    quiet = [f for f in absl.filters if isinstance(f, accounting._QuietUnconvergedOrders)]
+    assert quiet
+    with caplog.at_level(logging.WARNING):
+        for f in quiet:  # without the filter dp-accounting does emit them at this (q, z)
+            absl.removeFilter(f)
+        try:
+            accounting.compute_epsilon(0.8173, 0.05, 301, 1e-5)
+        finally:
+            for f in quiet:
+                absl.addFilter(f)
+        assert any("failed to converge" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        eps = accounting.compute_epsilon(0.8174, 0.05, 302, 1e-5)
+        absl.warning("something else")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "something else" in messages and not any("failed to converge" in m for m in messages)
+    assert 9.0 < eps < 11.0
