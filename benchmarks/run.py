@@ -103,6 +103,21 @@ def timed(fn, repeats):
     return first, times
 
 
+def interleaved(fns: dict, repeats: int) -> dict:
+    """{name: [seconds per call]} of each fn (each must block until its result is ready), after
+    one warm-up call each, alternating round-robin over `repeats` rounds so that this VM's
+    speed drift hits every fn alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 def matmul_peak(n=2048, repeats=10, dtype=jnp.float32):
     """Best and median GFLOP/s of an n^3 jnp.dot (f32 accumulation for bf16 inputs)."""
     a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
@@ -325,20 +340,13 @@ def dp_step_rows(batch, repeats):
             return jax.nn.softplus(-model.apply(p, xi[None])[0])
 
         plain = jax.jit(lambda p, x: jax.tree.map(lambda a, g: a - 0.05 * g, p, jax.grad(batch_loss)(p, x)))
-        fns = {"plain": lambda: plain(params, x)}
+        fns = {"plain": lambda: jax.block_until_ready(plain(params, x))}
         for method in ("two_pass", "ghost"):
             summed = clipped_grad_sum(example_loss, 1.0, method=method)
             step = jax.jit(lambda p, x, m, k, summed=summed: jax.tree.map(
                 lambda a, g: a - 0.05 * g / batch, p, add_gaussian_noise(summed(p, x, m)[0], 1.0, k)))
-            fns[method] = lambda step=step: step(params, x, mask, key)
-        for fn in fns.values():
-            jax.block_until_ready(fn())
-        times = {name: [] for name in fns}
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                t = time.perf_counter()
-                jax.block_until_ready(fn())
-                times[name].append(time.perf_counter() - t)
+            fns[method] = lambda step=step: jax.block_until_ready(step(params, x, mask, key))
+        times = interleaved(fns, repeats)
         best = {name: min(v) for name, v in times.items()}
         row = {"model": kind, "conv_impl": impl if kind == "dcgan" else None, "batch": batch,
                **{f"{n}_ms": 1e3 * v for n, v in best.items()},
@@ -366,15 +374,9 @@ def section_precision(args):
             algorithm = fedavg_algorithm(kind, "xla", compute_dtype=dt)
             update = jax.jit(_one_client(algorithm.client_update))
             message = algorithm.broadcast(algorithm.init(jax.random.key(0)))
-            fns[name] = lambda update=update, message=message: update(
-                message, data, jnp.int32(0), jax.random.key(1), jnp.bool_(True))
-            jax.block_until_ready(fns[name]())
-        times = {name: [] for name in fns}
-        for _ in range(5 * args.repeats):
-            for name, fn in fns.items():
-                t = time.perf_counter()
-                jax.block_until_ready(fn())
-                times[name].append(time.perf_counter() - t)
+            fns[name] = lambda update=update, message=message: jax.block_until_ready(update(
+                message, data, jnp.int32(0), jax.random.key(1), jnp.bool_(True)))
+        times = interleaved(fns, 5 * args.repeats)
         row = {"model": kind, **{f"{n}_ms": 1e3 * min(v) for n, v in times.items()},
                "bf16_speedup": min(times["f32"]) / min(times["bf16"]), "load_1m": os.getloadavg()[0]}
         rows.append(row)
@@ -404,15 +406,7 @@ def section_vs_torch(args):
             jax.block_until_ready(holder["state"])
 
         torch_round, _ = torch_reference.make_round(kind, np.asarray(data.x), np.asarray(data.y))
-        fns = {"engine_loop": engine, "torch": torch_round}
-        for fn in fns.values():
-            fn()  # compile / warm up
-        times = {name: [] for name in fns}
-        for _ in range(args.repeats + 1):
-            for name, fn in fns.items():
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
+        times = interleaved({"engine_loop": engine, "torch": torch_round}, args.repeats + 1)
         row = {"model": f"fedavg_{kind}", "clients": clients,
                **{f"{n}_s": min(v) for n, v in times.items()},
                **{f"{n}_s_all": v for n, v in times.items()},
@@ -455,16 +449,9 @@ def section_dp_poisson(args):
         client = jax.device_put(ClientData(rng.integers(0, 256, (slots, 28, 28, 1), dtype=np.uint8),
                                            rng.integers(0, 10, slots).astype(np.int32),
                                            np.arange(slots) < n, np.int32(n)))
-        keys = iter(jax.random.split(jax.random.key(1), 4 * repeats + 4))
-        for fn in fns.values():
-            jax.block_until_ready(fn(params, client, next(keys)))
-        times = {name: [] for name in fns}
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                k = next(keys)
-                t = time.perf_counter()
-                jax.block_until_ready(fn(params, client, k))
-                times[name].append(time.perf_counter() - t)
+        keys = iter(list(jax.random.split(jax.random.key(1), len(fns) * (repeats + 1))))  # fresh sample per call
+        times = interleaved({name: lambda fn=fn: jax.block_until_ready(fn(params, client, next(keys)))
+                             for name, fn in fns.items()}, repeats)
         best = {name: 1e3 * min(v) for name, v in times.items()}
         row = {"slots": slots, "examples": n, **{f"{k}_ms": v for k, v in best.items()},
                "speedup_buffered_vs_whole": best["whole"] / best["buffered"],
