@@ -72,9 +72,7 @@ def classifier_mia(model, params, client_ids, dataset, owner, nonmembers, num_an
     if not mask.any():
         return {"skipped": "the attacked clients hold no training examples"}
     xm, ym = dataset.x_train[idx], dataset.y_train[idx]
-    rng = np.random.default_rng(seed)
-    non_idx, non_mask = _padded([matched_nonmembers(rng, dataset.y_train[m], dataset.y_test, nonmembers)
-                                 for m in members])
+    non_idx, non_mask = _matched_padded(members, dataset, nonmembers, seed)
     report = membership_classifier.classifier_mia_report(membership_classifier.client_scores(
         model, params, xm, ym, dataset.x_test[non_idx], dataset.y_test[non_idx]), mask, non_mask)
     shared = nonmembers[:num_any_class]
@@ -88,6 +86,12 @@ def matched_nonmembers(rng, y_members, y_pool, pool_idx):
     out = [rng.choice(pool_idx[y_pool[pool_idx] == c], min(n, int(np.sum(y_pool[pool_idx] == c))), replace=False)
            for c, n in zip(*np.unique(y_members, return_counts=True))]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _matched_padded(members, dataset, nonmembers, seed: int):
+    """Per client, class-matched non-members (test indices) from the pool: padded (idx [C, M], mask [C, M])."""
+    rng = np.random.default_rng(seed)
+    return _padded([matched_nonmembers(rng, dataset.y_train[m], dataset.y_test, nonmembers) for m in members])
 
 
 def inversion(model, params, client_ids, dataset, owner, nonmembers, key, steps: int, seed: int):
@@ -123,8 +127,7 @@ def distilled(run_dir: RunDir, dataset, owner, nonmembers, max_clients: int, see
     m_idx, m_mask = _padded(members)
     if len(nonmembers) < m_mask.shape[1]:
         raise UserError(f"distilled: {len(nonmembers)} non-members, but a client holds {m_mask.shape[1]} examples")
-    rng = np.random.default_rng(seed)
-    n_idx, n_mask = _padded([matched_nonmembers(rng, dataset.y_train[m], dataset.y_test, nonmembers) for m in members])
+    n_idx, n_mask = _matched_padded(members, dataset, nonmembers, seed)
     x_up, x_members = up["x"][d_idx], dataset.x_train[m_idx]
     report = distilled_match.distilled_report(x_up, x_members, m_mask, dataset.x_test[n_idx], distilled_mask=d_mask,
                                               nonmember_mask=n_mask)
