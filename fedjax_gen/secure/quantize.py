@@ -11,8 +11,9 @@ Rounding (Kairouz, Liu, Steinke ICML 2021, Sec. 4; Agarwal, Kairouz, Liu NeurIPS
   stochastic   floor(g x) + Bernoulli(frac(g x)) per coordinate: unbiased, error in (-1, 1),
                variance <= 1/4 per coordinate.
   conditional  stochastic rounding redrawn until ||Q(x)||_2 <= l2_bound (the papers'
-               "conditional randomised rounding"): makes the integer vector's norm, hence
-               the user-level sensitivity, deterministic; slightly biased.
+               "conditional randomised rounding", pipeline.quantise_cohort with the
+               exact test within_l2_bound): makes the integer vector's norm, hence the
+               user-level sensitivity, deterministic; slightly biased.
 Bits b <= 32 (uint32 arithmetic; reduction mod 2^b is a ring map from Z_{2^32}).
 """
 
@@ -22,6 +23,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MAX_BITS = 32
 
@@ -52,20 +54,14 @@ def stochastic_round(x, scale: float, key: jax.Array):
     return lo.astype(jnp.int32) + up.astype(jnp.int32)
 
 
-def conditional_round(x, scale: float, l2_bound: float, key: jax.Array, tries: int = 8):
-    """Stochastic rounding of one client's x [dim], redrawn until ||Q||_2 <= l2_bound.
-
-    `tries` candidates are drawn at once (vectorised) and the first that passes is kept;
-    returns (q int32 [dim], ok bool []) -- ok False means none passed (probability
-    beta^tries with the bound of skellam.rounded_l2_bound), which callers must treat as
-    an error. The norm is checked in float32 against the bound shrunk by 1%, so float
-    error in the check cannot accept a vector over the bound."""
-    keys = jax.random.split(key, tries)
-    cand = jax.vmap(lambda k: stochastic_round(x, scale, k))(keys)  # [tries, dim]
-    sq = jnp.sum(jnp.square(cand.astype(jnp.float32)), axis=-1)
-    passed = sq <= jnp.float32(0.99 * l2_bound**2)
-    first = jnp.argmax(passed)
-    return cand[first], jnp.any(passed)
+def within_l2_bound(q: np.ndarray, l2_bound: float) -> np.ndarray:
+    """Conditional rounding's acceptance test, host-side: q int64 [n, dim] -> bool [n],
+    ||q_i||_2 <= l2_bound. float64 sums of squares of these integers err by at most
+    dim * 2^-52 relative (any summation order), so the bound is shrunk by that much: a
+    vector over the bound is never accepted. (A float32 test inside jit could not tell
+    ||q||^2 from the bound: at the scales used their gap is ~1e-8 of either.)"""
+    sq = np.sum(np.square(q.astype(np.float64)), axis=-1)
+    return sq <= l2_bound**2 * (1.0 - q.shape[-1] * 2.0**-52)
 
 
 def clip_l2(x, bound: float):
