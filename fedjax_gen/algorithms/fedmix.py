@@ -1,0 +1,261 @@
+"""Fedmix: a class-conditional Gaussian mixture fitted by DP-EM from summed, per-example
+clipped sufficient statistics in a fixed low-frequency DCT basis (docs/fedmix.md).
+
+Rounds (each one Gaussian release of a sum over clients, accounted):
+  1. every client uploads, per class, sum_i [a, b u_i] and sum_i vech(u_i u_i^T)
+     (u_i: clipped DCT coefficients, fedmix_features.py); the server gets per-class
+     counts, means and covariances and splits each class into K components.
+  2..R. the server broadcasts the mixture; every client computes responsibilities of its
+     examples locally (E-step) and uploads the soft statistics sum_i r_ik [a, b u_i] and the
+     per-class second moment; the server's M-step gives the new mixture.
+The release is the private artefact: `fit` and `sample` are post-processing and may run
+any number of times.
+
+Public functions (the lead's driver calls these):
+  make_config / FedmixConfig              the frozen configuration
+  basis(cfg)                              the public DCT basis B [H*W, d]
+  client_stat(cfg, basis, model, x, y, mask) -> one vector [stat_size(cfg, K)]
+  clip_user(vector, bound)                user level: one client's whole contribution clipped
+  sum_clients(cfg, basis, model, data, execution) -> summed vector (engine client axis)
+  calibrate(cfg, epsilon, delta) -> noise multipliers per round
+  release(summed, noise_std, key) -> noisy vector
+  fit(cfg, released, K) -> Mixture       (M-step; round 1 gives K = 1)
+  split(cfg, mixture, key) -> Mixture    (round 1 -> K components)
+  sample(cfg, basis, mixture, labels, key) -> uint8 images
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_gen.algorithms import fedmix_features as ff
+from fedjax_gen.privacy import accounting
+
+
+@dataclasses.dataclass(frozen=True)
+class FedmixConfig:
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    dct_k: int = 14  # keep DCT atoms with u + v < dct_k (d = k (k + 1) / 2 for k <= H)
+    clip: float = 8.0  # L2 clip of the coefficient vector (pixels in [0, 1])
+    components: int = 10  # K per class after round 1
+    count_weight: float = 1.0  # a
+    mean_weight: float = 1.0  # b
+    rounds: int = 3
+    budget_split: tuple[float, ...] = (1.0, 1.0, 1.0)  # relative 1/sigma^2 per round
+    privacy_unit: str = "example"  # example | user
+    user_clip: float = 0.0  # user level: bound on one client's whole contribution
+    cov_floor: float = 1e-4  # eigenvalue floor of the fitted covariances (post-processing)
+    count_floor: float = 5.0  # smallest noisy component count trusted by the M-step
+    split_scale: float = 1.0  # round-1 split: means drawn from N(mu, split_scale^2 Sigma)
+
+    @property
+    def dim(self) -> int:
+        return int(ff.dct_basis(self.image_shape[0], self.image_shape[1], self.dct_k).shape[1]) \
+            if self.image_shape[-1] == 1 else _raise("fedmix supports one channel")
+
+    @property
+    def sensitivity(self) -> float:
+        """Per-example L2 sensitivity of the summed statistic (fedmix_features docstring);
+        at user level the client's vector is clipped to user_clip instead."""
+        if self.privacy_unit == "user":
+            return float(self.user_clip)
+        return math.sqrt(self.count_weight ** 2 + self.mean_weight ** 2 + 1.0)
+
+
+def _raise(msg):
+    raise ValueError(msg)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    """Per class c: K components with means [C, K, d], log weights [C, K], a covariance shared
+    by the class's components chol [C, d, d] (lower Cholesky factor), class log-probs [C]."""
+
+    means: jax.Array
+    log_weights: jax.Array
+    chol: jax.Array
+    class_log_probs: jax.Array
+
+
+def basis(cfg: FedmixConfig) -> np.ndarray:
+    return ff.dct_basis(cfg.image_shape[0], cfg.image_shape[1], cfg.dct_k)
+
+
+def stat_size(cfg: FedmixConfig, K: int) -> int:
+    d = cfg.dim
+    return cfg.num_classes * (K * (d + 1) + ff.num_moments(d))
+
+
+def unpack(cfg: FedmixConfig, vec, K: int):
+    """Flat vector -> (first [C, K, d + 1], second [C, d(d+1)/2])."""
+    C, d = cfg.num_classes, cfg.dim
+    first = vec[: C * K * (d + 1)].reshape((C, K, d + 1))
+    second = vec[C * K * (d + 1):].reshape((C, ff.num_moments(d)))
+    return first, second
+
+
+def responsibilities(model: Mixture, u, y):
+    """E-step for examples u [B, d] with labels y [B] under their own class's mixture: [B, K].
+    Whitening by each class's L^-1 once ([B, C, d], C small) rather than per example."""
+    eye = jnp.eye(model.chol.shape[-1], dtype=model.chol.dtype)
+    white = jax.scipy.linalg.solve_triangular(model.chol, eye[None], lower=True)  # L^-1 [C, d, d]
+    uw = jnp.einsum("cde,be->bcd", white, u)  # [B, C, d]
+    uw = jnp.take_along_axis(uw, y[:, None, None], axis=1)[:, 0]  # [B, d]
+    muw = jnp.einsum("cde,cke->ckd", white, model.means)[y]  # [B, K, d]
+    maha = jnp.sum((uw[:, None, :] - muw) ** 2, axis=-1)  # [B, K]
+    logits = model.log_weights[y] - 0.5 * maha
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def client_stat(cfg: FedmixConfig, basis_, model: Mixture | None, x_uint8, y, mask, K: int = 1):
+    """One client's statistic: sum over its real examples of the per-example vector
+    e_y (x) [r (x) [a, b u], vech(u u^T)]; padding (mask False) contributes exactly 0.
+    model None (round 1): r = 1 for the single component. Returns [stat_size(cfg, K)]."""
+    C = cfg.num_classes
+    u = ff.clipped_coefficients(basis_, x_uint8, cfg.clip)  # [B, d]
+    onehot = jax.nn.one_hot(y, C) * mask[:, None]  # [B, C]
+    if model is None:
+        r = jnp.ones((u.shape[0], 1))
+    else:
+        r = responsibilities(model, u, y)
+        K = r.shape[1]
+    per = jnp.concatenate([cfg.count_weight * jnp.ones_like(u[:, :1]), cfg.mean_weight * u], axis=1)
+    first = jnp.einsum("bc,bk,be->cke", onehot, r, per)  # [C, K, d + 1]
+    second = onehot.T @ ff.vech(u[:, :, None] * u[:, None, :])  # [C, T]
+    return jnp.concatenate([first.reshape(-1), second.reshape(-1)])
+
+
+def clip_user(vec, bound: float):
+    """User level: scales one client's whole vector to L2 norm <= bound (sensitivity bound)."""
+    norm = jnp.linalg.norm(vec)
+    return vec * jnp.minimum(1.0, bound / jnp.maximum(norm, 1e-12))
+
+
+def per_client(cfg: FedmixConfig, basis_, model: Mixture | None, K: int):
+    """client_fn(model, client, key) -> vector, for the engine's map/sum over the client axis."""
+
+    def fn(message, client, key):
+        del key
+        v = client_stat(cfg, basis_, message, client.x, client.y, client.mask, K)
+        return clip_user(v, cfg.user_clip) if cfg.privacy_unit == "user" else v
+
+    return fn
+
+
+def sum_clients(cfg: FedmixConfig, basis_, model, data, K: int, execution=None, chunk: int = 8):
+    """Sum of client_stat over all clients of a padded ClientData, through the engine's
+    chunked client-axis sum (clients with mask all False contribute 0)."""
+    from fedjax_gen.federated import execution as ex
+    from fedjax_gen.federated.algorithm import ClientOutput
+
+    execution = execution or ex.Execution("chunked", chunk)
+    fn = per_client(cfg, basis_, model, K)
+    upd = lambda m, c, k: ClientOutput(fn(m, c, k), jnp.sum(c.mask).astype(jnp.float32), {})
+    n = int(data.counts.shape[0])
+    pad = -n % (execution.chunk or 1)
+    ids = jnp.concatenate([jnp.arange(n), jnp.zeros((pad,), jnp.int32)]).astype(jnp.int32)
+    keep = jnp.arange(n + pad) < n
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(ids)
+    summer = ex.chunked_sum(upd, execution.chunk, None) if execution.kind != "vmap" else ex.vmap_sum(upd)
+    return summer(model, data, ids, keys, keep).upload
+
+
+def calibrate(cfg: FedmixConfig, epsilon: float, delta: float, accountant: str = "pld") -> tuple[float, ...]:
+    """Noise multipliers (std / sensitivity) of the cfg.rounds releases, in the ratio
+    sigma_r = sigma_eff / sqrt(w_r) (w = budget_split normalised). R Gaussian releases of
+    multipliers sigma_r compose exactly to one Gaussian of multiplier
+    (sum_r sigma_r^-2)^-1/2 = sigma_eff, so sigma_eff is calibrated as one release."""
+    w = np.asarray(cfg.budget_split[: cfg.rounds], np.float64)
+    if len(w) != cfg.rounds or np.any(w <= 0):
+        raise ValueError(f"budget_split needs {cfg.rounds} positive entries, got {cfg.budget_split}")
+    w = w / w.sum()
+    z = accounting.calibrate_noise_multiplier(epsilon, delta, 1.0, 1, accountant)
+    return tuple(float(z / math.sqrt(x)) for x in w)
+
+
+def release(summed, noise_std: float, key):
+    """The noisy sum: summed + N(0, noise_std^2 I). noise_std = multiplier * sensitivity."""
+    return summed + noise_std * jax.random.normal(key, summed.shape, summed.dtype)
+
+
+def fit(cfg: FedmixConfig, released, K: int) -> Mixture:
+    """M-step from a (noisy) released vector: weights and means per component, one covariance
+    per class (within-component scatter pooled over the class), eigenvalues floored so the
+    noisy matrix is a valid covariance. Post-processing only."""
+    C, d = cfg.num_classes, cfg.dim
+    first, second = unpack(cfg, jnp.asarray(released, jnp.float32), K)
+    n = jnp.maximum(first[..., 0] / cfg.count_weight, cfg.count_floor)  # [C, K]
+    mu = first[..., 1:] / cfg.mean_weight / n[..., None]  # [C, K, d]
+    mu = mu / jnp.maximum(1.0, jnp.linalg.norm(mu, axis=-1, keepdims=True))  # ||u|| <= 1
+    n_c = jnp.sum(n, axis=1)  # [C]
+    S = ff.unvech(second, d)  # [C, d, d]
+    scatter = S - jnp.einsum("ck,ckd,cke->cde", n, mu, mu)
+    cov = scatter / n_c[:, None, None]
+    evals, evecs = jnp.linalg.eigh(0.5 * (cov + jnp.swapaxes(cov, 1, 2)))
+    evals = jnp.maximum(evals, cfg.cov_floor)
+    cov = jnp.einsum("cde,ce,cfe->cdf", evecs, evals, evecs)
+    chol = jnp.linalg.cholesky(cov)
+    log_w = jnp.log(n / jnp.sum(n, axis=1, keepdims=True))
+    class_counts = jnp.maximum(first[:, :, 0].sum(axis=1) / cfg.count_weight, 1.0)
+    return Mixture(mu, log_w, chol, jnp.log(class_counts / jnp.sum(class_counts)))
+
+
+def split(cfg: FedmixConfig, m: Mixture, key) -> Mixture:
+    """Round-1 model (K = 1) -> K components per class: means drawn from
+    N(mu, split_scale^2 Sigma) with the server's own key, equal weights (post-processing)."""
+    C, d, K = cfg.num_classes, cfg.dim, cfg.components
+    z = jax.random.normal(key, (C, K, d))
+    means = m.means[:, :1] + cfg.split_scale * jnp.einsum("cde,cke->ckd", m.chol, z)
+    return Mixture(means, jnp.full((C, K), -math.log(K)), m.chol, m.class_log_probs)
+
+
+def sample(cfg: FedmixConfig, basis_, m: Mixture, labels, key) -> np.ndarray:
+    """uint8 images [N, H, W, 1] for labels [N] drawn from the mixture (post-processing)."""
+    labels = jnp.asarray(labels)
+    kc, kz = jax.random.split(key)
+    comp = jax.random.categorical(kc, m.log_weights[labels])  # [N]
+    z = jax.random.normal(kz, (labels.shape[0], cfg.dim))
+    u = m.means[labels, comp] + jnp.einsum("nde,ne->nd", m.chol[labels], z)
+    return ff.decode(basis_, u, cfg.clip, cfg.image_shape)
+
+
+def sample_labels(m: Mixture, n: int, key):
+    return jax.random.categorical(key, m.class_log_probs, shape=(n,))
+
+
+def run_central(cfg: FedmixConfig, x_uint8, y, multipliers, key, stat_fn=None):
+    """The whole method on one data holder (the central reference of the federated sum; the
+    federated driver replaces stat_fn with sum_clients). multipliers: per round, 0 = no noise.
+    Returns (mixture, list of released vectors)."""
+    b = jnp.asarray(basis(cfg))
+    mask = jnp.ones(y.shape, bool)
+    stat_fn = stat_fn or (lambda model, K: _batched_stat(cfg, b, model, x_uint8, y, mask, K))
+    keys = jax.random.split(key, 2 * cfg.rounds)
+    releases = []
+    s = stat_fn(None, 1)
+    r = release(s, multipliers[0] * cfg.sensitivity, keys[0])
+    releases.append(r)
+    m = fit(cfg, r, 1)
+    if cfg.rounds > 1:
+        m = split(cfg, m, keys[1])
+    for t in range(1, cfg.rounds):
+        s = stat_fn(m, cfg.components)
+        r = release(s, multipliers[t] * cfg.sensitivity, keys[2 * t])
+        releases.append(r)
+        m = fit(cfg, r, cfg.components)
+    return m, releases
+
+
+def _batched_stat(cfg, b, model, x, y, mask, K, batch=2000):
+    f = jax.jit(lambda xx, yy, mm: client_stat(cfg, b, model, xx, yy, mm, K))
+    total = 0.0
+    for s in range(0, len(y), batch):
+        total = total + f(jnp.asarray(x[s:s + batch]), jnp.asarray(y[s:s + batch]), mask[s:s + batch])
+    return total

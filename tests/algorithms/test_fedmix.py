@@ -1,0 +1,175 @@
+"""Fedmix: statistics, release, sums over the client axis, calibration, fit (tiny shapes)."""
+
+import math
+
+import dp_accounting
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.fft import dctn
+
+from fedjax_gen.algorithms import fedmix as fm
+from fedjax_gen.algorithms import fedmix_features as ff
+from fedjax_gen.data.padding import pad_clients
+
+CFG = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, clip=2.0, components=2, count_weight=0.5, mean_weight=2.0)
+
+
+def _data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 8, 8, 1)).astype(np.uint8)
+    x[: n // 2] //= 8  # some examples below the clip, some above
+    return x, rng.integers(0, 3, n).astype(np.int32)
+
+
+def _ref_u(x):
+    """numpy reference: scipy's orthonormal 2-D DCT, coefficients u + v < k, clipped."""
+    c = dctn(x[..., 0] / 255.0, axes=(1, 2), norm="ortho")
+    freqs = sorted(((u, v) for u in range(8) for v in range(8) if u + v < CFG.dct_k), key=lambda t: (sum(t), t[0]))
+    z = np.stack([c[:, u, v] for u, v in freqs], axis=1)
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), CFG.clip)
+
+
+def _ref_stat(x, y, model=None):
+    """Per-example vectors built entry by entry, summed."""
+    u = _ref_u(x)
+    d, C = u.shape[1], CFG.num_classes
+    K = 1 if model is None else model.means.shape[1]
+    first, second = np.zeros((C, K, d + 1)), np.zeros((C, d * (d + 1) // 2))
+    for i in range(len(y)):
+        if model is None:
+            r = np.ones(1)
+        else:
+            cov = np.asarray(model.chol[y[i]]) @ np.asarray(model.chol[y[i]]).T
+            diff = u[i] - np.asarray(model.means[y[i]])
+            lp = np.asarray(model.log_weights[y[i]]) - 0.5 * np.einsum("kd,de,ke->k", diff, np.linalg.inv(cov), diff)
+            r = np.exp(lp - lp.max()) / np.exp(lp - lp.max()).sum()
+        first[y[i]] += r[:, None] * np.concatenate([[CFG.count_weight], CFG.mean_weight * u[i]])[None]
+        outer = np.outer(u[i], u[i])
+        second[y[i]] += [outer[a, b] * (1 if a == b else math.sqrt(2)) for a in range(d) for b in range(a, d)]
+    return np.concatenate([first.ravel(), second.ravel()])
+
+
+def _model(seed=1):
+    d = CFG.dim
+    k = jax.random.split(jax.random.key(seed), 2)
+    a = jax.random.normal(k[0], (3, d, d)) * 0.1
+    chol = jnp.linalg.cholesky(a @ jnp.swapaxes(a, 1, 2) + 0.05 * jnp.eye(d))
+    return fm.Mixture(jax.random.normal(k[1], (3, 2, d)) * 0.1, jnp.log(jnp.array([[0.3, 0.7]] * 3)),
+                      chol, jnp.log(jnp.ones(3) / 3))
+
+
+def test_basis_is_orthonormal_dct():
+    b = fm.basis(CFG)
+    assert b.shape == (64, 10)
+    np.testing.assert_allclose(b.T @ b, np.eye(10), atol=1e-5)
+    x, _ = _data()
+    np.testing.assert_allclose(ff.clipped_coefficients(jnp.asarray(b), x, CFG.clip), _ref_u(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("with_model", [False, True])
+def test_noiseless_stat_equals_numpy(with_model):
+    x, y = _data()
+    model = _model() if with_model else None
+    K = 2 if with_model else 1
+    got = fm.client_stat(CFG, jnp.asarray(fm.basis(CFG)), model, x, y, jnp.ones(len(y), bool), K)
+    assert got.shape == (fm.stat_size(CFG, K),)
+    np.testing.assert_allclose(got, _ref_stat(x, y, model), rtol=1e-4, atol=1e-4)
+    noiseless = fm.release(got, 0.0, jax.random.key(0))
+    np.testing.assert_array_equal(noiseless, got)
+
+
+def test_per_example_groups_within_their_bounds():
+    x, y = _data(60)
+    b, model = jnp.asarray(fm.basis(CFG)), _model()
+    one = jnp.ones((1,), bool)
+    for i in range(len(y)):
+        v = fm.client_stat(CFG, b, model, x[i:i + 1], y[i:i + 1], one, 2)
+        first, second = fm.unpack(CFG, v, 2)
+        assert float(jnp.linalg.norm(first)) <= math.hypot(CFG.count_weight, CFG.mean_weight) + 1e-5
+        assert float(jnp.linalg.norm(second)) <= 1.0 + 1e-5
+        assert float(jnp.linalg.norm(v)) <= CFG.sensitivity + 1e-5
+    u = ff.clipped_coefficients(b, x, CFG.clip)
+    assert float(jnp.max(jnp.linalg.norm(u, axis=1))) <= 1.0 + 1e-6
+    assert float(jnp.max(jnp.linalg.norm(u, axis=1))) > 0.99  # the clip binds on the bright half
+
+
+def test_padding_contributes_zero_and_user_clip_bounds_norm():
+    x, y = _data()
+    b = jnp.asarray(fm.basis(CFG))
+    mask = jnp.arange(len(y)) < 25
+    np.testing.assert_allclose(fm.client_stat(CFG, b, None, x, y, mask), _ref_stat(x[:25], y[:25]), rtol=1e-4, atol=1e-4)
+    v = fm.clip_user(fm.client_stat(CFG, b, None, x, y, mask), 3.0)
+    assert float(jnp.linalg.norm(v)) <= 3.0 + 1e-5
+
+
+def _clients(x, y, n_clients=7, seed=0):
+    rng = np.random.default_rng(seed)
+    owner = rng.integers(0, n_clients, len(y))
+    owner[:n_clients] = np.arange(n_clients)
+    parts = [np.flatnonzero(owner == c) for c in range(n_clients)]
+    return parts, pad_clients(x, y, parts)
+
+
+@pytest.mark.parametrize("with_model", [False, True])
+def test_client_axis_sum_equals_central_and_two_level_sum(with_model):
+    x, y = _data(50)
+    b, model = jnp.asarray(fm.basis(CFG)), (_model() if with_model else None)
+    K = 2 if with_model else 1
+    parts, data = _clients(x, y)
+    flat = fm.sum_clients(CFG, b, model, data, K, chunk=3)
+    central = fm.client_stat(CFG, b, model, x, y, jnp.ones(len(y), bool), K)
+    np.testing.assert_allclose(flat, central, rtol=1e-4, atol=1e-4)
+    # devices -> edge servers -> server: each edge sums its own devices, the server sums edges
+    edges = [[0, 3, 5], [1, 2], [4, 6]]
+    edge_sums = [fm.sum_clients(CFG, b, model, pad_clients(x, y, [parts[c] for c in e]), K, chunk=2) for e in edges]
+    np.testing.assert_allclose(sum(edge_sums), flat, rtol=1e-5, atol=1e-4)
+    key = jax.random.key(3)
+    np.testing.assert_allclose(fm.release(sum(edge_sums), 1.5, key), fm.release(flat, 1.5, key), rtol=1e-5, atol=1e-4)
+
+
+def test_noise_std_matches_calibrated_multiplier():
+    mults = fm.calibrate(CFG, 1.0, 1e-5)
+    assert len(mults) == 3
+    std = mults[0] * CFG.sensitivity
+    draws = fm.release(jnp.zeros((200_000,)), std, jax.random.key(0))
+    assert abs(float(jnp.std(draws)) / std - 1) < 0.01
+    acc = dp_accounting.pld.PLDAccountant()
+    acc.compose(dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z) for z in mults]))
+    assert 0.99 * 1.0 <= acc.get_epsilon(1e-5) <= 1.0 + 1e-3
+
+
+def test_uneven_split_keeps_total_epsilon():
+    cfg = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, budget_split=(2.0, 1.0, 1.0))
+    mults = fm.calibrate(cfg, 2.0, 1e-5, accountant="rdp")
+    assert mults[0] < mults[1] == pytest.approx(mults[2])
+    np.testing.assert_allclose(mults[0] ** -2 / mults[1] ** -2, 2.0)
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z) for z in mults]))
+    assert 0.99 * 2.0 <= acc.get_epsilon(1e-5) <= 2.0 + 1e-6
+
+
+def test_fit_recovers_class_moments():
+    x, y = _data(300)
+    b = jnp.asarray(fm.basis(CFG))
+    cfg = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, clip=2.0, cov_floor=1e-9, count_floor=0.0)
+    m = fm.fit(cfg, fm.client_stat(cfg, b, None, x, y, jnp.ones(len(y), bool)), 1)
+    u = _ref_u(x)
+    for c in range(3):
+        np.testing.assert_allclose(m.means[c, 0], u[y == c].mean(0), atol=1e-4)
+        cov = np.asarray(m.chol[c] @ m.chol[c].T)
+        np.testing.assert_allclose(cov, np.cov(u[y == c].T, bias=True), atol=1e-4)
+    np.testing.assert_allclose(np.exp(m.class_log_probs), np.bincount(y) / len(y), atol=1e-5)
+
+
+def test_sample_draws_from_the_mixture():
+    m = _model()
+    d = CFG.dim
+    # one component with all the weight and a tiny covariance: samples decode to its mean
+    m = fm.Mixture(m.means, jnp.log(jnp.array([[1e-9, 1.0]] * 3)), 1e-6 * jnp.broadcast_to(jnp.eye(d), (3, d, d)), m.class_log_probs)
+    b = fm.basis(CFG)
+    labels = np.array([0, 1, 2, 2])
+    imgs = fm.sample(CFG, jnp.asarray(b), m, labels, jax.random.key(0))
+    want = ff.decode(b, np.asarray(m.means[labels, 1]), CFG.clip, CFG.image_shape)
+    np.testing.assert_array_equal(imgs, want)
