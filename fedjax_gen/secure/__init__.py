@@ -11,6 +11,7 @@ from fedjax_gen.secure.pipeline import SecAggConfig, SecureSumResult, bytes_summ
 from fedjax_gen.secure.quantize import QuantisationError, upload_bytes
 from fedjax_gen.secure.secagg import DropoutError, ProtocolConfig, SecAggAbort, UnmaskRefused
 from fedjax_gen.secure.skellam import SkellamPlan, calibrate_skellam, skellam_epsilon, skellam_plan
+from fedjax_gen.secure import threat
 from fedjax_gen.secure.threat import ThreatModel, cleartext, trusted_sum
 
 __all__ = [

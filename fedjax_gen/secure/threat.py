@@ -49,7 +49,8 @@ def secure_aggregation(n: int, degree: int, threshold: int, min_cohort: int, noi
         drop = min((degree + 1 - threshold) / (degree + 1), (n - min_cohort) / n)
         proto = f"SecAgg+ (Bell et al. 2020), Harary graph degree k={degree}, t={threshold} of k+1={degree + 1}"
     lim = ["the server could announce different uploader sets to different clients (no signed consistency round)",
-           "colluding clients can withhold their noise shares: the noise assumes honest uploaders"]
+           "colluding clients can withhold their noise shares: the noise assumes honest uploaders",
+           "server-controlled sybil clients count toward min_cohort (needs authenticated client identities)"]
     if not complete:
         lim.insert(0, "sparse graph: privacy and dropout tolerance hold with high probability over the random graph "
                       "(Bell et al.), per share group, not for every adversarial dropout pattern")

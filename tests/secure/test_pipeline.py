@@ -79,3 +79,12 @@ def test_byte_summary_against_the_unprotected_upload():
     s = secure.bytes_summary(res.bytes_per_client, DIM)
     assert s["masked_up"] == DIM * 2 and s["unprotected_up"] == DIM * 4
     assert s["added_up"] == s["total_up"] - DIM * 4
+
+
+def test_threat_models_name_what_the_server_sees():
+    assert secure.cleartext("client float shares").to_dict()["server_sees"] == "cleartext uploads"
+    assert secure.trusted_sum().to_dict()["noise_placement"] == "central trusted server"
+    tm = secure.threat.secure_aggregation(100, 99, 51, 60, "distributed discrete (Skellam)")
+    assert tm.tolerated_dropout_fraction == 0.4 and tm.collusion_threshold == 50
+    with pytest.raises(ValueError):
+        secure.ThreatModel("everything", "none", None, None, None, "none", "none")
