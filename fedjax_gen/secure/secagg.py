@@ -79,7 +79,7 @@ class ProtocolConfig:
     (k + 1) // 2 + 1); min_cohort: uploaders below which clients refuse to unmask (None: t);
     prg: "xla" (jitted ChaCha20 over the cohort), "openssl" (cryptography's ChaCha20, one
     key at a time; same keystream), or "auto": openssl on the CPU backend (its SIMD
-    ChaCha20 measured 5-12x faster than XLA:CPU's, benchmarks/README.md), xla on accelerators."""
+    ChaCha20 measured 5-16x faster than XLA:CPU's, benchmarks/README.md), xla on accelerators."""
 
     bits: int = 32
     degree: int | None = None
