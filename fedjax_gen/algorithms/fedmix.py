@@ -61,11 +61,17 @@ class FedmixConfig:
 
     @property
     def sensitivity(self) -> float:
-        """Per-example L2 sensitivity of the summed statistic (fedmix_features docstring);
-        at user level the client's vector is clipped to user_clip instead."""
+        """Round 1's per-example L2 sensitivity (fedmix_features docstring)."""
+        return self.round_sensitivity(0)
+
+    def round_sensitivity(self, r: int) -> float:
+        """L2 sensitivity of round r's (0-based) summed statistic: round 0 carries the second
+        moment (bound 1) and the first moments (bound sqrt(a^2 + b^2)); later rounds only the
+        first moments, because sum_i u_i u_i^T does not depend on the mixture and is released
+        once. At user level each client's vector is clipped to user_clip instead."""
         if self.privacy_unit == "user":
             return float(self.user_clip)
-        return math.sqrt(self.count_weight ** 2 + self.mean_weight ** 2 + 1.0)
+        return math.sqrt(self.count_weight ** 2 + self.mean_weight ** 2 + (1.0 if r == 0 else 0.0))
 
 
 def _raise(msg):
@@ -88,17 +94,18 @@ def basis(cfg: FedmixConfig) -> np.ndarray:
     return ff.dct_basis(cfg.image_shape[0], cfg.image_shape[1], cfg.dct_k)
 
 
-def stat_size(cfg: FedmixConfig, K: int) -> int:
+def stat_size(cfg: FedmixConfig, K: int, second: bool = True) -> int:
     d = cfg.dim
-    return cfg.num_classes * (K * (d + 1) + ff.num_moments(d))
+    return cfg.num_classes * (K * (d + 1) + (ff.num_moments(d) if second else 0))
 
 
-def unpack(cfg: FedmixConfig, vec, K: int):
-    """Flat vector -> (first [C, K, d + 1], second [C, d(d+1)/2])."""
+def unpack(cfg: FedmixConfig, vec, K: int, second: bool = True):
+    """Flat vector -> (first [C, K, d + 1], second [C, d(d+1)/2] or None)."""
     C, d = cfg.num_classes, cfg.dim
     first = vec[: C * K * (d + 1)].reshape((C, K, d + 1))
-    second = vec[C * K * (d + 1):].reshape((C, ff.num_moments(d)))
-    return first, second
+    if not second:
+        return first, None
+    return first, vec[C * K * (d + 1):].reshape((C, ff.num_moments(d)))
 
 
 def responsibilities(model: Mixture, u, y):
@@ -114,10 +121,13 @@ def responsibilities(model: Mixture, u, y):
     return jax.nn.softmax(logits, axis=-1)
 
 
-def client_stat(cfg: FedmixConfig, basis_, model: Mixture | None, x_uint8, y, mask, K: int = 1):
+def client_stat(cfg: FedmixConfig, basis_, model: Mixture | None, x_uint8, y, mask, K: int = 1,
+                second: bool | None = None):
     """One client's statistic: sum over its real examples of the per-example vector
     e_y (x) [r (x) [a, b u], vech(u u^T)]; padding (mask False) contributes exactly 0.
-    model None (round 1): r = 1 for the single component. Returns [stat_size(cfg, K)]."""
+    model None (round 1): r = 1 for the single component. second (default: model is None)
+    includes the second moment. Returns [stat_size(cfg, K, second)]."""
+    second = (model is None) if second is None else second
     C = cfg.num_classes
     u = ff.clipped_coefficients(basis_, x_uint8, cfg.clip)  # [B, d]
     onehot = jax.nn.one_hot(y, C) * mask[:, None]  # [B, C]
@@ -128,8 +138,10 @@ def client_stat(cfg: FedmixConfig, basis_, model: Mixture | None, x_uint8, y, ma
         K = r.shape[1]
     per = jnp.concatenate([cfg.count_weight * jnp.ones_like(u[:, :1]), cfg.mean_weight * u], axis=1)
     first = jnp.einsum("bc,bk,be->cke", onehot, r, per)  # [C, K, d + 1]
-    second = onehot.T @ ff.vech(u[:, :, None] * u[:, None, :])  # [C, T]
-    return jnp.concatenate([first.reshape(-1), second.reshape(-1)])
+    if not second:
+        return first.reshape(-1)
+    moments = onehot.T @ ff.vech(u[:, :, None] * u[:, None, :])  # [C, T]
+    return jnp.concatenate([first.reshape(-1), moments.reshape(-1)])
 
 
 def clip_user(vec, bound: float):
@@ -143,7 +155,7 @@ def per_client(cfg: FedmixConfig, basis_, model: Mixture | None, K: int):
 
     def fn(message, client, key):
         del key
-        v = client_stat(cfg, basis_, message, client.x, client.y, client.mask, K)
+        v = client_stat(cfg, basis_, message, client.x, client.y, client.mask, K, second=message is None)
         return clip_user(v, cfg.user_clip) if cfg.privacy_unit == "user" else v
 
     return fn
@@ -185,12 +197,14 @@ def release(summed, noise_std: float, key):
     return summed + noise_std * jax.random.normal(key, summed.shape, summed.dtype)
 
 
-def fit(cfg: FedmixConfig, released, K: int) -> Mixture:
+def fit(cfg: FedmixConfig, released, K: int, second_moment=None) -> Mixture:
     """M-step from a (noisy) released vector: weights and means per component, one covariance
     per class (within-component scatter pooled over the class), eigenvalues floored so the
-    noisy matrix is a valid covariance. Post-processing only."""
+    noisy matrix is a valid covariance. second_moment [C, T]: round 1's released second
+    moment, for releases that carry only first moments. Post-processing only."""
     C, d = cfg.num_classes, cfg.dim
-    first, second = unpack(cfg, jnp.asarray(released, jnp.float32), K)
+    first, second = unpack(cfg, jnp.asarray(released, jnp.float32), K, second_moment is None)
+    second = second if second_moment is None else second_moment
     n = jnp.maximum(first[..., 0] / cfg.count_weight, cfg.count_floor)  # [C, K]
     mu = first[..., 1:] / cfg.mean_weight / n[..., None]  # [C, K, d]
     mu = mu / jnp.maximum(1.0, jnp.linalg.norm(mu, axis=-1, keepdims=True))  # ||u|| <= 1
@@ -240,16 +254,17 @@ def run_central(cfg: FedmixConfig, x_uint8, y, multipliers, key, stat_fn=None):
     keys = jax.random.split(key, 2 * cfg.rounds)
     releases = []
     s = stat_fn(None, 1)
-    r = release(s, multipliers[0] * cfg.sensitivity, keys[0])
+    r = release(s, multipliers[0] * cfg.round_sensitivity(0), keys[0])
     releases.append(r)
     m = fit(cfg, r, 1)
+    moments = unpack(cfg, r, 1)[1]
     if cfg.rounds > 1:
         m = split(cfg, m, keys[1])
     for t in range(1, cfg.rounds):
         s = stat_fn(m, cfg.components)
-        r = release(s, multipliers[t] * cfg.sensitivity, keys[2 * t])
+        r = release(s, multipliers[t] * cfg.round_sensitivity(t), keys[2 * t])
         releases.append(r)
-        m = fit(cfg, r, cfg.components)
+        m = fit(cfg, r, cfg.components, moments)
     return m, releases
 
 

@@ -73,7 +73,7 @@ def test_noiseless_stat_equals_numpy(with_model):
     x, y = _data()
     model = _model() if with_model else None
     K = 2 if with_model else 1
-    got = fm.client_stat(CFG, jnp.asarray(fm.basis(CFG)), model, x, y, jnp.ones(len(y), bool), K)
+    got = fm.client_stat(CFG, jnp.asarray(fm.basis(CFG)), model, x, y, jnp.ones(len(y), bool), K, second=True)
     assert got.shape == (fm.stat_size(CFG, K),)
     np.testing.assert_allclose(got, _ref_stat(x, y, model), rtol=1e-4, atol=1e-4)
     noiseless = fm.release(got, 0.0, jax.random.key(0))
@@ -85,11 +85,14 @@ def test_per_example_groups_within_their_bounds():
     b, model = jnp.asarray(fm.basis(CFG)), _model()
     one = jnp.ones((1,), bool)
     for i in range(len(y)):
-        v = fm.client_stat(CFG, b, model, x[i:i + 1], y[i:i + 1], one, 2)
+        v = fm.client_stat(CFG, b, model, x[i:i + 1], y[i:i + 1], one, 2, second=True)
         first, second = fm.unpack(CFG, v, 2)
         assert float(jnp.linalg.norm(first)) <= math.hypot(CFG.count_weight, CFG.mean_weight) + 1e-5
         assert float(jnp.linalg.norm(second)) <= 1.0 + 1e-5
-        assert float(jnp.linalg.norm(v)) <= CFG.sensitivity + 1e-5
+        assert float(jnp.linalg.norm(v)) <= CFG.round_sensitivity(0) + 1e-5
+        later = fm.client_stat(CFG, b, model, x[i:i + 1], y[i:i + 1], one, 2)  # rounds 2-3: first moments
+        np.testing.assert_array_equal(later, first.reshape(-1))
+        assert float(jnp.linalg.norm(later)) <= CFG.round_sensitivity(1) + 1e-5
     u = ff.clipped_coefficients(b, x, CFG.clip)
     assert float(jnp.max(jnp.linalg.norm(u, axis=1))) <= 1.0 + 1e-6
     assert float(jnp.max(jnp.linalg.norm(u, axis=1))) > 0.99  # the clip binds on the bright half
