@@ -3,7 +3,6 @@
 import sys
 
 from fedjax_gen import cli
-from fedjax_gen.runners.dosfl import main
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(cli.experiment("dosfl", __doc__))

@@ -3,7 +3,6 @@
 import sys
 
 from fedjax_gen import cli
-from fedjax_gen.runners.fedgan import main
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(cli.experiment("dp_fedavg_gan", __doc__, algorithms=("dp_fedavg_gan", "fedgan")))

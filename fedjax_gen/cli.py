@@ -1,85 +1,166 @@
-"""Flags shared by every experiment, and the error guard every entry point runs under."""
+"""The command line, generated from the config dataclasses: the only place argparse lives.
+
+`main_for(method, ...)` returns the `main(argv)` of an experiment script: its flags are the
+fields of DataConfig, the method's Options, PrivacyConfig, PerformanceFlags and RunConfig
+(config.option declarations: name, default, help, domain), so flags, --help, validation
+and config.json cannot disagree. Typed errors from anywhere below are worded here with the
+flag that sets the field they name, as one line; `run(main)` prints it and exits with 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import sys
-import time
 
+from fedjax_gen import config as fconfig
+from fedjax_gen import methods
 from fedjax_gen.errors import UserError
+from fedjax_gen.privacy.config import PrivacyConfig
+
+_SECTIONS = (("data", fconfig.DataConfig), ("options", None), ("privacy", PrivacyConfig),
+             ("performance", fconfig.PerformanceFlags), ("run", fconfig.RunConfig))
 
 
-def add_data_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits",
-                   help="digits (embedded, no download) | mnist | fashion_mnist | emnist | cifar10 | npz:PATH")
-    g.add_argument("--data-dir", default=None, help="tfds data dir (default: $TFDS_DATA_DIR, then tfds' default)")
-    g.add_argument("--clients", type=int, default=100, help="client population N")
-    g.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | shards:K | quantity:ALPHA")
-    g.add_argument("--max-examples-per-client", type=int, default=None,
-                   help="cap on a client's examples (drops the rest; bounds padded memory)")
-    g.add_argument("--max-train", type=int, default=None, help="use a stratified subset of the training split")
-    g.add_argument("--seed", type=int, default=0, help="one seed; each purpose derives its own key")
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (a non-number for an int flag, an unknown flag) become one
+    UserError line instead of usage text."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
 
 
-def add_bucket_flag(g) -> None:
-    g.add_argument("--bucket", default="auto", choices=("auto", "on", "off"),
-                   help="size-bucket the clients' padding (host-loop executions; same results up to float "
-                        "rounding, less padding); "
-                        "auto: on when padding all clients to the largest would cost > 2x the slots")
+def _classes(method):
+    return [(name, cls or method.Options) for name, cls in _SECTIONS]
 
 
-def add_output_flags(p: argparse.ArgumentParser, default_synthetic: int = 2000) -> None:
-    g = p.add_argument_group("output")
-    g.add_argument("--out", default=None, help="run directory (default: runs/<algorithm>-<time>)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    g.add_argument("--num-synthetic", type=int, default=default_synthetic, help="size of synthetic.npz")
-    g.add_argument("--tstr-steps", type=int, default=None, help="classifier steps for TSTR (default: metrics' own)")
-    g.add_argument("--fid-classifier-steps", type=int, default=1000,
-                   help="training steps of the FID domain classifier (cached per dataset and steps)")
+def flag_table(method) -> dict:
+    """field name -> the flag that sets it (for wording errors)."""
+    table = {"method": "--algorithm"}
+    for _, cls in _classes(method):
+        for f in dataclasses.fields(cls):
+            if f.name in table and table[f.name] != fconfig.flag_name(f):
+                raise ValueError(f"field {f.name!r} of {cls.__name__} collides with another config's flag")
+            table[f.name] = f.metadata.get("negate") or fconfig.flag_name(f)
+    return table
 
 
-def add_dp_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("privacy")
-    g.add_argument("--dp", default="none", choices=("none", "example", "user"),
-                   help="example: DP-SGD in every client; user: DP-FedAvg on client updates")
-    g.add_argument("--clip", type=float, default=1.0, help="clip norm C (example) or S (user)")
-    g.add_argument("--noise-multiplier", type=float, default=None, help="sigma; or give --epsilon")
-    g.add_argument("--epsilon", type=float, default=None, help="target epsilon: calibrates sigma before training")
-    g.add_argument("--delta", type=float, default=1e-5)
-    g.add_argument("--accountant", default="rdp", choices=("rdp", "pld"))
-    g.add_argument("--distributed-noise", action="store_true",
-                   help="user level: each client adds its share of the noise")
-    g.add_argument("--microbatch-size", type=int, default=None, help="per-example grads materialised at once")
+def worded(error: UserError, method) -> UserError:
+    """The same error, its fields named by their flags."""
+    table = flag_table(method)
+    out = type(error).__new__(type(error))
+    UserError.__init__(out, error.render(lambda field: table.get(field, field)), param=error.param)
+    return out
 
 
-def add_distributed_flags(p: argparse.ArgumentParser) -> None:
-    """Multi-process runs (fedjax_gen.distributed.maybe_initialize); unset: the env vars
-    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, then SLURM, else one process."""
-    g = p.add_argument_group("distributed")
-    g.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
-                   help="process 0's address; every process passes the same one")
-    g.add_argument("--num-processes", type=int, default=None)
-    g.add_argument("--process-id", type=int, default=None)
-
-
-def default_out(name: str) -> str:
-    return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
-    """Names of the flags the user actually typed (to tell them from defaults)."""
-    probe = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    for action in parser._actions:  # argparse has no public API for this
-        if action.option_strings and action.dest != "help":
-            kwargs = {"dest": action.dest, "nargs": action.nargs} if action.nargs is not None else {"dest": action.dest}
-            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-                probe.add_argument(*action.option_strings, dest=action.dest, action="store_true")
+def _add_flags(group, cls, defaults: dict) -> None:
+    types = fconfig.field_types(cls)
+    for f in dataclasses.fields(cls):
+        base, _ = types[f.name]
+        default = defaults.get(f.name, f.default)
+        m = f.metadata
+        names = [fconfig.flag_name(f), *m.get("aliases", ())]
+        shown = "" if default is None else f" (default: {default})"
+        extra = f" [{' | '.join(m['choices'])}]" if m.get("choices") else ""
+        if base is bool:
+            if m.get("negate"):
+                group.add_argument(m["negate"], dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                                   help=f"turn off: {m['help']}")
             else:
-                probe.add_argument(*action.option_strings, **kwargs)
-    known, _ = probe.parse_known_args(argv)
-    return set(vars(known))
+                group.add_argument(*names, dest=f.name, action="store_true", default=argparse.SUPPRESS,
+                                   help=m["help"])
+            continue
+        group.add_argument(*names, dest=f.name, type=base, default=argparse.SUPPRESS,
+                           help=f"{m['help']}{extra}{shown}", metavar=f.name.upper())
+
+
+def build_parser(method, description: str, algorithms: tuple = ()) -> argparse.ArgumentParser:
+    p = _Parser(description=description)
+    if algorithms:
+        p.add_argument("--algorithm", default=argparse.SUPPRESS,
+                       help=f"{' | '.join(algorithms)} (default: {algorithms[0]})")
+    for name, cls in _classes(method):
+        _add_flags(p.add_argument_group(name), cls, method.run_defaults if name == "run" else {})
+    return p
+
+
+def _build(cls, values: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _explicit(parser, argv) -> dict:
+    return vars(parser.parse_args(argv))
+
+
+def parse(method_name: str, argv, description: str = "", algorithms: tuple = ()):
+    """argv -> (train.Job, resumed_from). Raises worded UserErrors."""
+    from fedjax_gen.run_dir import RunDir, read_configs
+    from fedjax_gen.runners.train import Job
+
+    method = methods.get(method_name)
+    parser = build_parser(method, description, algorithms)
+    given = _explicit(parser, argv)
+    name = given.pop("algorithm", method_name)
+    if algorithms and name not in algorithms:
+        raise UserError(f"unknown --algorithm {name!r}; choose {' or '.join(algorithms)}")
+    method = methods.get(name)
+    if not given.get("resume"):
+        values = {**method.run_defaults, **given}
+        # A method with one privacy unit takes --epsilon / --noise-multiplier without --dp.
+        if "unit" not in values and len(method.units) == 1 and (
+                values.get("epsilon") is not None or values.get("noise_multiplier") is not None):
+            values["unit"] = method.units[0]
+        configs = {sec: _build(cls, values) for sec, cls in _classes(method)}
+        return Job(name, **configs), None
+    if not given.get("out"):
+        raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+    saved = read_configs(RunDir(given["out"]))
+    if saved.method != name:
+        raise UserError(f"--resume: {given['out']} is a {saved.method} run: resume it with its own experiment")
+    resumable = {f.name for _, cls in _classes(method) for f in dataclasses.fields(cls)
+                 if f.metadata.get("resumable")}
+    table = flag_table(method)
+    changed = sorted(table[k] for k, v in given.items() if k not in resumable
+                     and v != _saved_value(saved, k))
+    if changed:
+        raise UserError(f"--resume keeps the run's flags but {changed} differ: fork with --from-checkpoint "
+                        "RUN_DIR and a new --out instead")
+    configs = {}
+    for sec, cls in _classes(method):
+        old = getattr(saved, sec)
+        configs[sec] = dataclasses.replace(old, **{k: v for k, v in given.items() if k in
+                                                   {f.name for f in dataclasses.fields(cls)}})
+    plan = saved.raw.get("plan")
+    if plan is not None:  # keep the calibrated noise; the original budget is checked by train()
+        configs["privacy"] = dataclasses.replace(configs["privacy"], epsilon=None,
+                                                 noise_multiplier=plan["noise_multiplier"])
+    return Job(name, **configs), (plan or None)
+
+
+def _saved_value(saved, field: str):
+    for sec in ("data", "options", "privacy", "performance", "run"):
+        obj = getattr(saved, sec)
+        if field in {f.name for f in dataclasses.fields(obj)}:
+            return getattr(obj, field)
+    return None
+
+
+def main_for(method_name: str, description: str = "", algorithms: tuple = ()):
+    """The `main(argv)` of an experiment: parse, train, errors worded with flags."""
+
+    def main(argv=None):
+        from fedjax_gen.runners.train import train
+
+        method = methods.get(method_name)
+        try:
+            job, resumed = parse(method_name, sys.argv[1:] if argv is None else argv, description, algorithms)
+            method = methods.get(job.method)
+            return train(job, resumed_from=resumed)
+        except UserError as e:
+            raise worded(e, method) from None
+
+    return main
 
 
 def run(main, argv=None) -> int:
@@ -93,3 +174,15 @@ def run(main, argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def default_out(name: str) -> str:
+    from fedjax_gen.runners.train import default_out as out
+
+    return out(name)
+
+
+def experiment(method_name: str, doc: str, algorithms: tuple = ()) -> int:
+    """What experiments/<method>.py runs: `sys.exit(cli.experiment("dense", __doc__))`."""
+    return run(main_for(method_name, doc.splitlines()[0] if doc else "", algorithms))
+

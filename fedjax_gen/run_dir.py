@@ -13,23 +13,28 @@ RUN_DIR/
                      0..N-1. DOSFL: x uint8 [M, H, W, C] distilled images, y int32 [M], owner
                      int32 [M] (client id). DENSE: client_ids int32 [C] and one array per leaf
                      of the stacked upload pytree, named tree/<path> (tree/params/Dense_0/kernel,
-                     tree/feat_mean, ...; see runners/one_shot.py read_tree_uploads)
+                     tree/feat_mean, ...; see methods/uploads.py)
   attack_results.json, attack_*.png   written by experiments/attack.py
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
+import math
 import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from importlib import metadata
 
 import numpy as np
 
-from fedjax_gen.errors import UserError
+from fedjax_gen.errors import RunDirError, UserError
 
 REQUIRED_RESULTS = (
     "dataset",
@@ -72,8 +77,24 @@ def _json_default(o):
     return str(o)
 
 
+def _strict(obj):
+    """NaN / inf -> None: metrics and results are strict JSON (RFC 8259 has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def dumps(obj) -> str:
-    return json.dumps(obj, default=_json_default, sort_keys=True)
+    """Strict JSON: numpy scalars and arrays converted, non-finite floats written as null."""
+    plain = json.loads(json.dumps(obj, default=_json_default))  # numpy -> python (NaN still float)
+    return json.dumps(_strict(plain), sort_keys=True, allow_nan=False)
+
+
+LOCK = ".lock"
 
 
 class RunDir:
@@ -92,20 +113,94 @@ class RunDir:
     def exists(self) -> bool:
         return os.path.exists(self.file("config.json"))
 
+    def is_run(self) -> bool:
+        """A fedjax_gen run directory (has config.json): the only kind --overwrite replaces."""
+        return self.exists()
+
     @classmethod
     def create(cls, path: str, config: dict, *, overwrite: bool = False) -> "RunDir":
+        """Creates the run directory atomically and returns it *locked* by this process.
+
+        The directory is built as a hidden sibling and renamed into place, so it appears
+        whole or not at all, and two runs racing for one path cannot both get it. An
+        existing path is never touched unless it is a fedjax_gen run directory, `overwrite`
+        is set and no live process holds it; an empty directory is used. Nothing else is
+        ever deleted: the refusal names the fix.
+        """
         rd = cls(path)
-        if os.path.exists(rd.path) and os.listdir(rd.path):
+        parent = os.path.dirname(rd.path)
+        if os.path.exists(rd.path) and not os.path.isdir(rd.path):
+            raise RunDirError(f"{rd.path} exists and is not a directory: pick another {{out}}")
+        if os.path.isdir(rd.path) and os.listdir(rd.path):
             if not overwrite:
-                raise UserError(
-                    f"run directory {rd.path} already exists: pass --resume to continue it, "
-                    "--overwrite to replace it, or another --out"
-                )
-            shutil.rmtree(rd.path)
-        os.makedirs(rd.path, exist_ok=True)
-        rd.write_json("config.json", {**config, "versions": library_versions(),
-                                      "host": platform.node(), "created": time.time()})
+                raise RunDirError(f"run directory {rd.path} already exists: pass {{resume}} to continue it, "
+                                  f"{{overwrite}} to replace it, or another {{out}}")
+            if not rd.is_run():
+                raise RunDirError(f"{rd.path} is not empty and is not a fedjax_gen run directory: "
+                                  f"{{overwrite}} never deletes it; pick another {{out}}")
+            with rd.locked():  # refuses while another process runs in it
+                shutil.rmtree(rd.path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(rd.path)}.", dir=parent)
+        except OSError as e:
+            raise RunDirError(f"cannot create {rd.path} ({e.strerror}): pick a writable {{out}}") from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a run directory is not
+        staged = cls(tmp)
+        staged._lock_fd = staged._acquire()
+        try:
+            staged.write_json("config.json", {**config, "versions": library_versions(),
+                                              "host": platform.node(), "created": time.time()})
+            if os.path.isdir(rd.path):
+                os.rmdir(rd.path)  # empty (checked above); a concurrent writer makes this fail
+            os.rename(tmp, rd.path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            staged._release()
+            raise RunDirError(f"run directory {rd.path} was created by another process meanwhile: "
+                              f"pick another {{out}}") from None
+        rd._lock_fd = staged._lock_fd
         return rd
+
+    # --- one writer at a time -------------------------------------------------------
+    def _acquire(self):
+        fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunDirError(f"run directory {self.path} is in use by process {holder}: wait for it to "
+                              f"finish or pick another {{out}}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    def _release(self):
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def lock(self) -> "RunDir":
+        """Takes the exclusive lock (for resume, attacks) for this process's lifetime or
+        until unlock(); a second writer gets a one-line refusal naming the holder's pid."""
+        if getattr(self, "_lock_fd", None) is None:
+            self._lock_fd = self._acquire()
+        return self
+
+    def unlock(self) -> None:
+        self._release()
+
+    @contextlib.contextmanager
+    def locked(self):
+        self.lock()
+        try:
+            yield self
+        finally:
+            self.unlock()
 
     def read_json(self, name: str) -> dict:
         try:
@@ -125,13 +220,24 @@ class RunDir:
             f.write(dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict]:
+        """Every complete record; a torn last line (a kill during a write) is dropped."""
         if not os.path.exists(self.file("metrics.jsonl")):
             return []
+        records = []
         with open(self.file("metrics.jsonl")) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            lines = [line for line in f if line.strip()]
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i != len(lines) - 1:
+                    raise UserError(f"{self.file('metrics.jsonl')} line {i + 1} is corrupt (not the last "
+                                    "line, so not a torn write): repair or remove it") from None
+        return records
 
     def truncate_metrics(self, last_round: int) -> None:
-        """Drop records after `last_round` (resuming from an earlier checkpoint)."""
+        """Drop records after `last_round` (resuming from an earlier checkpoint) and any
+        torn last line."""
         kept = [r for r in self.read_metrics() if r.get("round", -1) <= last_round]
         tmp = self.file("metrics.jsonl.tmp")
         with open(tmp, "w") as f:
@@ -151,3 +257,49 @@ class RunDir:
 
     def write_synthetic(self, x_uint8: np.ndarray, y: np.ndarray) -> None:
         self.write_arrays("synthetic.npz", x=np.asarray(x_uint8, np.uint8), y=np.asarray(y, np.int32))
+
+
+# --- the config.json codec: the one writer and reader of a run's configs ------------------
+SECTIONS = ("data", "run", "performance", "privacy", "options")
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedConfigs:
+    """A run's configs as written by `config_record` and read back by `read_configs`."""
+
+    method: str
+    data: object
+    run: object
+    performance: object
+    privacy: object
+    options: object
+    raw: dict
+
+
+def config_record(method, data, run, performance, privacy, options, **derived) -> dict:
+    """config.json: the method's name, each config as its own section, "flags" (every
+    option flat, as typed on the command line, for people and old readers) and the derived
+    settings (`derived`: the method's internal config, execution, devices, layout)."""
+    sections = {"data": data, "run": run, "performance": performance, "privacy": privacy, "options": options}
+    flat = {}
+    for value in sections.values():
+        flat.update(dataclasses.asdict(value))
+    return {"method": method, "algorithm": method, **{k: dataclasses.asdict(v) for k, v in sections.items()},
+            "flags": {**flat, "algorithm": method}, **derived}
+
+
+def read_configs(run_dir: "RunDir") -> SavedConfigs:
+    """Rebuilds the configs a run was made with (resume, fork, attacks, comparison)."""
+    from fedjax_gen import config as fconfig
+    from fedjax_gen import methods
+    from fedjax_gen.privacy.config import PrivacyConfig
+
+    raw = run_dir.read_json("config.json")
+    if "method" not in raw or not all(k in raw for k in SECTIONS):
+        raise UserError(f"{run_dir.file('config.json')} was written by an older fedjax_gen (no method "
+                        "sections): rerun the experiment with this version")
+    method = methods.get(raw["method"])
+    build = lambda cls, key: fconfig.from_dict(cls, raw[key])
+    return SavedConfigs(raw["method"], build(fconfig.DataConfig, "data"), build(fconfig.RunConfig, "run"),
+                        build(fconfig.PerformanceFlags, "performance"), build(PrivacyConfig, "privacy"),
+                        build(method.Options, "options"), raw)

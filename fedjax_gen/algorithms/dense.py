@@ -41,6 +41,7 @@ import optax
 
 from fedjax_gen.algorithms.gan import sample_batch
 from fedjax_gen.data.client_data import to_float
+from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm
 from fedjax_gen.models import make_classifier, make_generator
 from fedjax_gen.privacy.clipping import add_gaussian_noise, clipped_grad_sum
 from fedjax_gen.privacy.sampling import poisson_sum
@@ -266,3 +267,48 @@ def sampler(cfg: DENSEConfig):
         return cfg.generator.apply(gen, jax.random.normal(key, (y.shape[0], cfg.latent_dim)), y)
 
     return sample
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DENSERoundState:
+    """The one-shot round's state: the broadcast common init, every client's upload
+    (stacked [K, ...]: the ensemble) and the server's generator/student state."""
+
+    common: dict
+    uploads: dict
+    server: DENSEState
+    round: jax.Array
+
+
+def make(cfg: DENSEConfig, num_clients: int) -> FederatedAlgorithm:
+    """DENSE as a FederatedAlgorithm for one round with reduce="stack": every client
+    trains from the common init and uploads its model; the server keeps them all. The
+    distillation is the method's server phase (`make_server_step` on `state.server`)."""
+    model = cfg.classifier()
+    client_fn = make_client_fn(cfg)
+
+    def init(key):
+        k_common, k_gen = jax.random.split(key)
+        common = model.init(k_common)
+        one = jax.eval_shape(client_fn, common, _abstract_client(cfg), jax.random.key(0))
+        uploads = jax.tree.map(lambda s: jnp.zeros((num_clients,) + s.shape, s.dtype), one)
+        return DENSERoundState(common, uploads, init_server(cfg, k_gen, common), jnp.int32(0))
+
+    def client_update(common, client, key):
+        return ClientOutput(client_fn(common, client, key), jnp.sum(client.mask).astype(jnp.float32), {})
+
+    def server_update(state, stacked, num_sampled, key):
+        del num_sampled, key
+        return dataclasses.replace(state, uploads=stacked.upload, round=state.round + 1), {}
+
+    return FederatedAlgorithm("dense", init, lambda state: state.common, client_update, server_update)
+
+
+def _abstract_client(cfg: DENSEConfig):
+    """A one-example client (shapes only): upload shapes do not depend on its size."""
+    from fedjax_gen.data.client_data import ClientData
+
+    return ClientData(x=jax.ShapeDtypeStruct((1,) + tuple(cfg.image_shape), jnp.uint8),
+                      y=jax.ShapeDtypeStruct((1,), jnp.int32), mask=jax.ShapeDtypeStruct((1,), jnp.bool_),
+                      counts=jax.ShapeDtypeStruct((), jnp.int32))

@@ -56,6 +56,7 @@ import optax
 
 from fedjax_gen.algorithms.gan import sample_batch
 from fedjax_gen.data.client_data import to_float
+from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm
 from fedjax_gen.models import make_classifier
 from fedjax_gen.privacy.sampling import poisson_batch, poisson_rate
 
@@ -271,3 +272,27 @@ def upload_bytes(valid, image_shape) -> int:
     """Bytes actually sent: each valid image (uint8 pixels) and its int32 label."""
     per_image = int(jnp.prod(jnp.array(image_shape))) + 4
     return int(jnp.sum(valid)) * per_image
+
+
+def make(cfg: DOSFLConfig, num_clients: int) -> FederatedAlgorithm:
+    """DOSFL as a FederatedAlgorithm for one round with reduce="stack": the state is every
+    client's upload (x uint8 [K, C * ipc, ...], y, valid, loss), kept as the server got it."""
+    client_fn = make_client_fn(cfg)
+    slots = cfg.num_classes * cfg.ipc
+
+    def init(key):
+        del key
+        return {"x": jnp.zeros((num_clients, slots) + tuple(cfg.image_shape), jnp.uint8),
+                "y": jnp.zeros((num_clients, slots), jnp.int32), "valid": jnp.zeros((num_clients, slots), bool),
+                "loss": jnp.zeros((num_clients,), jnp.float32), "round": jnp.int32(0)}
+
+    def client_update(message, client, key):
+        return ClientOutput(client_fn(message, client, key), jnp.sum(client.mask).astype(jnp.float32), {})
+
+    def server_update(state, stacked, num_sampled, key):
+        del num_sampled, key
+        up = stacked.upload
+        return {**up, "loss": up["loss"].astype(jnp.float32), "round": state["round"] + 1}, {
+            "dm_loss": jnp.mean(up["loss"]), "uploaded_images": jnp.sum(up["valid"])}
+
+    return FederatedAlgorithm("dosfl", init, lambda state: None, client_update, server_update)

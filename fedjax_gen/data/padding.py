@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedjax_gen.data.client_data import ClientData
-from fedjax_gen.errors import UserError
+from fedjax_gen.errors import InvalidValue
 
 
 def cap_parts(parts: list[np.ndarray], max_examples: int | None, seed: int = 0) -> list[np.ndarray]:
@@ -23,7 +23,7 @@ def cap_parts(parts: list[np.ndarray], max_examples: int | None, seed: int = 0) 
     if max_examples is None:
         return [np.asarray(p, np.int64) for p in parts]
     if max_examples < 1:
-        raise UserError(f"--max-examples must be >= 1 (got {max_examples}); omit it for no cap")
+        raise InvalidValue("max_examples_per_client", f"{{max_examples_per_client}} must be >= 1 (got {max_examples}); omit it for no cap")
     out = []
     for c, p in enumerate(parts):
         p = np.asarray(p, np.int64)

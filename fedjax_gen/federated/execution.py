@@ -90,10 +90,24 @@ def _mask_tree(tree, keep):
     return jax.tree.map(lambda v: jnp.where(keep, v, jnp.zeros_like(v)), tree)
 
 
+NONFINITE = "nonfinite_clients"
+
+
+def _finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)] or [jnp.bool_(True)]))
+
+
 def _one_client(client_update):
+    """One sampled client's output, zeroed when masked, and also zeroed (weight included)
+    when its upload or weight is not finite: one NaN client must not poison the sum. Such
+    clients are counted in metrics[NONFINITE]."""
+
     def run(message, data, client_id, key, keep):
         client = jax.tree.map(lambda a: a[client_id], data)
-        return _mask_tree(client_update(message, client, key), keep)
+        out = client_update(message, client, key)
+        ok = keep & _finite((out.upload, out.weight))
+        out = _mask_tree(out, ok)
+        return dataclasses.replace(out, metrics={**out.metrics, NONFINITE: (keep & ~ok).astype(jnp.float32)})
 
     return run
 

@@ -55,7 +55,7 @@ def _clip_aux(mask, ok, norms, losses, clip) -> ClipAux:
 
 def _check_microbatch_size(microbatch_size) -> None:
     if microbatch_size is not None and microbatch_size < 1:
-        raise UserError(f"microbatch size must be >= 1, got {microbatch_size}; fix --microbatch-size")
+        raise UserError(f"microbatch size must be >= 1, got {microbatch_size}; fix {{microbatch_size}}", param="microbatch_size")
 
 
 def _check_divides(microbatch_size, size: int) -> None:
@@ -68,7 +68,7 @@ def _check_divides(microbatch_size, size: int) -> None:
 
 def _check_clip(clip) -> None:
     if isinstance(clip, (int, float)) and not (0.0 < clip < float("inf")):
-        raise UserError(f"clip norm must be a finite number > 0, got {clip}; set --clip-norm")
+        raise UserError(f"clip norm must be a finite number > 0, got {clip}; set {{clip}}", param="clip")
 
 
 def clip_by_global_norm(tree: PyTree, clip) -> tuple[PyTree, jax.Array]:

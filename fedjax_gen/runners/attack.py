@@ -196,7 +196,7 @@ def _generated(t: _Target, num: int, key):
     if num <= 0:
         syn = _read_npz(t.run_dir, "synthetic.npz")
         return syn["x"], syn["y"]
-    from fedjax_gen.experiment import balanced_labels, generate
+    from fedjax_gen.methods.common import balanced_labels, generate
 
     G, cfg = t.cfg.generator, t.cfg
     y = balanced_labels(num, cfg.num_classes)

@@ -26,7 +26,7 @@ from fedjax_gen.algorithms import dense
 from fedjax_gen.attacks import distilled_match, membership_classifier, model_inversion
 from fedjax_gen.errors import UserError
 from fedjax_gen.run_dir import RunDir
-from fedjax_gen.runners import one_shot
+from fedjax_gen.methods.uploads import read_tree_uploads
 
 
 def read_uploads(run_dir: RunDir) -> dict:
@@ -47,7 +47,7 @@ def dense_classifiers(run_dir: RunDir, cfg: dense.DENSEConfig, max_clients: int)
     model = cfg.classifier("im2col")  # vmapped over per-client weights
     arrays = read_uploads(run_dir)
     template = jax.eval_shape(model.init, jax.random.key(0))
-    params = one_shot.read_tree_uploads(arrays, template, under="params")
+    params = read_tree_uploads(arrays, template, under="params")
     n = min(max_clients, len(arrays["client_ids"]))
     return model, jax.tree.map(lambda a: jnp.asarray(a[:n]), params), arrays["client_ids"][:n]
 

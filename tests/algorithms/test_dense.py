@@ -12,7 +12,9 @@ from fedjax_gen.federated import Execution
 from fedjax_gen.federated.execution import map_clients
 from fedjax_gen.models import num_bytes
 from fedjax_gen.run_dir import REQUIRED_RESULTS
-from fedjax_gen.runners.dense import main
+from fedjax_gen.cli import main_for
+
+main = main_for("dense")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 
 from fedjax_gen.algorithms import dense
 from fedjax_gen.data import to_float
+from fedjax_gen.cli import main_for
 from fedjax_gen.errors import UserError
 from fedjax_gen.federated import Execution
 from fedjax_gen.federated.execution import map_clients
@@ -147,7 +148,7 @@ def test_feature_statistics_need_no_dp(setup):
 
 
 def test_runner_refuses_w_feat_and_impossible_budgets_before_writing(tmp_path):
-    from fedjax_gen.runners.dense import main
+    main = main_for("dense")
     out = tmp_path / "run"
     base = ["--clients", "4", "--max-train", "100", "--dp", "example", "--out", str(out)]
     with pytest.raises(UserError, match="drop --w-feat"):
@@ -159,7 +160,7 @@ def test_runner_refuses_w_feat_and_impossible_budgets_before_writing(tmp_path):
 
 @pytest.mark.slow  # a whole tiny run with evaluation (~15-40 s on a loaded 2-core CPU)
 def test_dp_run_writes_the_privacy_block(tmp_path):
-    from fedjax_gen.runners.dense import main
+    main = main_for("dense")
     out = tmp_path / "run"
     res = main(["--clients", "6", "--max-train", "120", "--client-model", "mlp", "--local-steps", "3",
                 "--server-steps", "2", "--student-steps", "1", "--ensemble-size", "2", "--log-every", "1",

@@ -13,7 +13,9 @@ from fedjax_gen.data import to_float
 from fedjax_gen.federated import Execution
 from fedjax_gen.federated.execution import map_clients
 from fedjax_gen.run_dir import REQUIRED_RESULTS
-from fedjax_gen.runners.dosfl import main
+from fedjax_gen.cli import main_for
+
+main = main_for("dosfl")
 
 
 @pytest.fixture(scope="module")

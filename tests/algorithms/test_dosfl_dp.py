@@ -14,6 +14,7 @@ import pytest
 
 from fedjax_gen.algorithms import dosfl
 from fedjax_gen.data import to_float
+from fedjax_gen.cli import main_for
 from fedjax_gen.errors import UserError
 from fedjax_gen.federated import Execution
 from fedjax_gen.federated.execution import map_clients
@@ -150,7 +151,7 @@ def test_init_real_is_refused_under_dp(setup, tmp_path):
     cd, cfg = setup
     with pytest.raises(ValueError, match="init 'noise'"):
         dosfl.distill(dataclasses.replace(cfg, init="real"), _client(cd), jax.random.key(0))
-    from fedjax_gen.runners.dosfl import main
+    main = main_for("dosfl")
     out = tmp_path / "run"
     with pytest.raises(UserError, match="--init noise"):
         main(["--clients", "4", "--max-train", "120", "--dp", "example", "--epsilon", "10", "--init", "real",
@@ -160,7 +161,7 @@ def test_init_real_is_refused_under_dp(setup, tmp_path):
 
 @pytest.mark.slow  # a whole tiny run with evaluation (~15-40 s on a loaded 2-core CPU)
 def test_dp_run_writes_the_privacy_block(tmp_path):
-    from fedjax_gen.runners.dosfl import main
+    main = main_for("dosfl")
     out = tmp_path / "run"
     res = main(["--clients", "6", "--max-train", "120", "--ipc", "2", "--dm-steps", "4", "--batch-size", "8",
                 "--dp", "example", "--epsilon", "8", "--tstr-steps", "5", "--fid-classifier-steps", "20",

@@ -13,7 +13,9 @@ from fedjax_gen.data import load_dataset, pad_clients, partition, to_float
 from fedjax_gen.federated import Execution, make_round
 from fedjax_gen.privacy import calibrate_noise_multiplier, compute_epsilon
 from fedjax_gen.run_dir import REQUIRED_RESULTS
-from fedjax_gen.runners.dp_merf import main
+from fedjax_gen.cli import main_for
+
+main = main_for("dp_merf")
 
 NUM_CLIENTS = 6
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from fedjax_gen import cli
-from fedjax_gen.runners import attack, attack_merf, dp_merf
+from fedjax_gen.runners import attack, attack_merf
+
+merf_main = cli.main_for("dp_merf")
 
 TINY = ["--clients", "6", "--max-train", "120", "--num-features", "64", "--gen-steps", "2", "--log-every", "1",
         "--tstr-steps", "5", "--num-synthetic", "20", "--overwrite"]
@@ -24,7 +26,7 @@ def _release(run):
 @pytest.mark.slow
 def test_distributed_noise_run_attacked(tmp_path):
     run = str(tmp_path / "merf")
-    dp_merf.main(TINY + ["--noise-multiplier", "1", "--distributed-noise", "--save-uploads", "6", "--out", run])
+    merf_main(TINY + ["--noise-multiplier", "1", "--distributed-noise", "--save-uploads", "6", "--out", run])
     up = np.load(f"{run}/uploads.npz")
     state = _release(run)
     # the saved uploads carry the clients' own noise shares: they sum to the release exactly
@@ -54,7 +56,7 @@ def test_distributed_noise_run_attacked(tmp_path):
 def test_non_private_run_attacked_at_a_what_if_epsilon(tmp_path):
     run = str(tmp_path / "merf")
     # 256 frequencies for 64 pixels, so one-image rows are identifiable (TINY's 32 are not)
-    dp_merf.main(TINY + ["--num-features", "512", "--save-uploads", "3", "--out", run])
+    merf_main(TINY + ["--num-features", "512", "--save-uploads", "3", "--out", run])
     up = np.load(f"{run}/uploads.npz")
     assert up["client_ids"].tolist() == [0, 1, 2] and float(up["noise_std"]) == 0.0
     attack.main(["--run", run, "--attacks", "merf_mia,merf_recon,merf_aggregate", "--merf-epsilon", "2",

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from fedjax_gen import cli
-from fedjax_gen.runners import attack, dense, dosfl
+from fedjax_gen.runners import attack
+
+dense_main, dosfl_main = cli.main_for("dense"), cli.main_for("dosfl")
 
 TINY = ["--clients", "6", "--max-train", "120", "--tstr-steps", "5", "--overwrite"]
 
@@ -20,7 +22,7 @@ def _auc_ok(report):
 @pytest.mark.slow
 def test_dosfl_run_attacked(tmp_path):
     run = str(tmp_path / "dosfl")
-    dosfl.main(TINY + ["--dm-steps", "1", "--ipc", "2", "--save-uploads", "4", "--out", run])
+    dosfl_main(TINY + ["--dm-steps", "1", "--ipc", "2", "--save-uploads", "4", "--out", run])
     up = np.load(f"{run}/uploads.npz")
     assert up["x"].dtype == np.uint8 and set(np.unique(up["owner"])) <= set(range(4)) and len(up["y"]) == len(up["x"])
     attack.main(["--run", run, "--num-queries", "20"])
@@ -34,7 +36,7 @@ def test_dosfl_run_attacked(tmp_path):
 @pytest.mark.slow
 def test_dense_run_attacked(tmp_path, capsys):
     run = str(tmp_path / "dense")
-    dense.main(TINY + ["--local-steps", "1", "--server-steps", "1", "--log-every", "1", "--ensemble-size", "2",
+    dense_main(TINY + ["--local-steps", "1", "--server-steps", "1", "--log-every", "1", "--ensemble-size", "2",
                        "--num-synthetic", "20", "--out", run])
     assert np.load(f"{run}/uploads.npz")["client_ids"].tolist() == list(range(6))
     attack.main(["--run", run, "--num-queries", "20", "--inversion-steps", "3", "--inversion-clients", "2"])

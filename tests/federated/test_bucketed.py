@@ -18,7 +18,7 @@ from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig, dense, dp_merf
 from fedjax_gen.data import (
     BucketedClientData, BucketLayout, Dataset, load_dataset, pad_clients, pad_clients_bucketed, partition)
 from fedjax_gen.errors import UserError
-from fedjax_gen.experiment import FederatedData
+from fedjax_gen.runners.data import FederatedData
 from fedjax_gen.federated import Execution, client_mesh, make_round, place
 from fedjax_gen.federated.bucketed import chunk_plan
 from fedjax_gen.federated.execution import map_clients
@@ -137,7 +137,7 @@ def test_clients_for_decides():
 def test_dp_merf_runner_records_buckets_and_agrees(tmp_path):
     import json
 
-    from fedjax_gen.runners import dp_merf as runner
+    from fedjax_gen.cli import main_for
 
     argv = ["--clients", "40", "--max-train", "600", "--partition", "quantity:0.1", "--num-features", "64",
             "--gen-steps", "5", "--log-every", "5", "--tstr-steps", "5", "--fid-classifier-steps", "5",
@@ -145,7 +145,7 @@ def test_dp_merf_runner_records_buckets_and_agrees(tmp_path):
     logs = {}
     for bucket in ("on", "off"):
         out = tmp_path / bucket
-        runner.main(argv + ["--bucket", bucket, "--out", str(out)])
+        main_for("dp_merf")(argv + ["--bucket", bucket, "--out", str(out)])
         config = json.loads((out / "config.json").read_text())
         logs[bucket] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         if bucket == "on":

@@ -12,7 +12,10 @@ import pytest
 
 from fedjax_gen.errors import UserError
 from fedjax_gen.privacy.sampling import poisson_batch, poisson_buffer, poisson_rate, poisson_sum
-from fedjax_gen.runners import one_shot_privacy
+from fedjax_gen import cli, methods
+from fedjax_gen.config import PerformanceFlags
+from fedjax_gen.methods.common import check_one_shot_privacy
+from fedjax_gen.privacy.config import Mechanism, PrivacyConfig, plan_for, privacy_line, report
 
 
 def test_poisson_batch_samples_real_examples_at_rate_b_over_n():
@@ -62,14 +65,25 @@ def _args(**kw):
     return types.SimpleNamespace(**{**base, **kw})
 
 
-def _fed(counts):
-    return types.SimpleNamespace(counts=np.asarray(counts, np.int32))
+def _mechanism(method, steps, batch):
+    return Mechanism(method, ("example",), local_steps=steps, batch_size=batch,
+                     steps_param="dm_steps" if method == "DOSFL" else "local_steps")
 
 
 def _plan(args, counts, steps, batch, method="DOSFL"):
-    flag = "--dm-steps" if method == "DOSFL" else "--local-steps"
-    return one_shot_privacy.plan(args, _fed(counts), method=method, steps=steps, steps_flag=flag,
-                                 batch_size=batch, microbatch=method == "DENSE")
+    """The one-shot methods' privacy path (methods/dosfl.py, methods/dense.py), worded by the CLI."""
+    try:
+        privacy = PrivacyConfig(unit=args.dp, clip=args.clip, noise_multiplier=args.noise_multiplier,
+                                epsilon=args.epsilon, delta=args.delta, accountant=args.accountant,
+                                distributed_noise=args.distributed_noise)
+        check_one_shot_privacy(privacy, PerformanceFlags(microbatch_size=args.microbatch_size), method,
+                               microbatch=method == "DENSE")
+        plan = plan_for(privacy, _mechanism(method, steps, batch), np.asarray(counts, np.int32))
+    except UserError as e:
+        raise cli.worded(e, methods.get(method.lower())) from None
+    if plan is not None:
+        print(privacy_line(plan, privacy, _mechanism(method, steps, batch)))
+    return plan
 
 
 def _direct_epsilon(z, q, steps, delta):
@@ -82,7 +96,7 @@ def _direct_epsilon(z, q, steps, delta):
 @pytest.mark.parametrize("counts,batch", [([200, 120, 300, 80], 16), ([10, 12, 9, 30], 16)])
 def test_epsilon_matches_dp_accounting_at_the_worst_client(counts, batch, capsys):
     plan = _plan(_args(noise_multiplier=1.3), counts, 50, batch)
-    block = one_shot_privacy.report(plan, clip=1.0)
+    block = report(plan, _mechanism("DOSFL", 50, batch), PrivacyConfig("example", noise_multiplier=1.3), 1)
     q = min(1.0, batch / min(counts))  # the smallest client samples at the highest rate
     assert block["epsilon"] == pytest.approx(_direct_epsilon(1.3, q, 50, 1e-5), rel=1e-9)
     assert block["sampling_rate"] in (q, 1.0) and block["privacy_unit"] == "example"
@@ -116,4 +130,4 @@ def test_bad_flags_are_one_line_user_errors(kw, match):
 
 def test_non_private_is_none():
     assert _plan(_args(dp="none"), [5], 1, 1) is None
-    assert one_shot_privacy.report(None) is None
+    assert report(None, _mechanism("DOSFL", 1, 1), PrivacyConfig(), 1)["epsilon"] is None

@@ -9,7 +9,7 @@ import pytest
 
 from fedjax_gen import cli
 from fedjax_gen.run_dir import REQUIRED_RESULTS
-from fedjax_gen.runners.fedgan import main
+main = cli.main_for("dp_fedavg_gan", algorithms=("dp_fedavg_gan", "fedgan"))
 
 TINY = ["--clients", "20", "--clients-per-round", "4", "--max-train", "300", "--width", "8",
         "--latent-dim", "8", "--local-steps", "2", "--batch-size", "8", "--gen-steps", "1",

@@ -1,0 +1,7 @@
+"""Every method as a registered `Method` (methods/base.py); importing this package
+registers the built-in ones."""
+
+from fedjax_gen.methods.base import BuildContext, Built, Method, ServerPhase, Uploads, get, names, register
+from fedjax_gen.methods import dense, dosfl, dp_merf, gan  # noqa: F401  (registration)
+
+__all__ = ["BuildContext", "Built", "Method", "ServerPhase", "Uploads", "get", "names", "register"]

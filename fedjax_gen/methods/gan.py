@@ -1,0 +1,81 @@
+"""The federated GANs: DP-FedAvg-GAN (Augenstein et al. 2020: clients train D, the server
+trains G) and FedGAN (G and D both trained on clients and averaged)."""
+
+from __future__ import annotations
+
+import math
+
+from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
+from fedjax_gen.config import option, validated
+from fedjax_gen.errors import InvalidValue
+from fedjax_gen.federated import conv_impl_for
+from fedjax_gen.methods.base import Built, BuildContext, Method, register
+from fedjax_gen.methods.common import generator_synthesizer
+from fedjax_gen.privacy.config import Mechanism, plan_for
+from fedjax_gen.privacy.dp_config import DPConfig
+
+_LR = dict(gt=0.0, lt=math.inf)
+
+
+@validated
+class GANOptions:
+    model: str = option("mlp", "generator / discriminator architecture", choices=("mlp", "dcgan"))
+    rounds: int = option(300, "federated rounds R", min=1, resumable=True)
+    clients_per_round: int = option(50, "clients sampled per round K", min=1)
+    local_steps: int = option(5, "discriminator steps per client per round", min=1)
+    batch_size: int = option(32, "examples per local step", min=1)
+    client_optimizer: str = option("adam", "client optimizer", choices=("adam", "sgd"))
+    client_lr: float = option(2e-4, "client learning rate", **_LR)
+    server_lr: float = option(1.0, "server learning rate on the averaged delta (1: plain FedAvg)", **_LR)
+    gen_steps: int = option(5, "dp_fedavg_gan: G steps on the server per round", min=1)
+    gen_lr: float = option(2e-4, "generator learning rate", **_LR)
+    gen_batch_size: int = option(64, "generator batch size", min=1)
+    latent_dim: int = option(64, "latent dimension", min=1)
+    width: int = option(64, "model width", min=1)
+    weighting: str = option("count", "client weights in the average", choices=("count", "uniform"))
+
+
+class _FederatedGAN(Method):
+    Options = GANOptions
+    config_key = "gan_config"
+    units = ("example", "user")
+
+    def build(self, ctx: BuildContext) -> Built:
+        o, p = ctx.options, ctx.privacy
+        if o.clients_per_round > ctx.num_clients:
+            raise InvalidValue("clients_per_round", f"{{clients_per_round}} {o.clients_per_round} exceeds "
+                                                    f"{{clients}} {ctx.num_clients}: lower it")
+        mechanism = Mechanism(
+            self.name, self.units, rounds=o.rounds, clients_per_round=o.clients_per_round,
+            local_steps=o.local_steps if p.unit == "example" else 1, batch_size=o.batch_size,
+            steps_param="rounds",
+            description=("DP-FedAvg: each sampled client's update clipped to S, Gaussian noise on the sum "
+                         "(add/remove one client)" if p.unit == "user" else
+                         "DP-SGD in every sampled client: per-example clipped gradient sums + Gaussian noise "
+                         "(add/remove one example)"))
+        plan = plan_for(p, mechanism, ctx.counts)
+        dp = DPConfig() if plan is None else DPConfig(p.unit, p.clip, plan.noise_multiplier, p.distributed_noise,
+                                                      o.clients_per_round, ctx.performance.microbatch_size)
+        perf = ctx.performance
+        conv_impl = conv_impl_for(ctx.execution) if perf.conv_impl == "auto" else perf.conv_impl
+        ds = ctx.dataset
+        cfg = GANConfig(
+            image_shape=ds.image_shape, num_classes=ds.num_classes, model=o.model, latent_dim=o.latent_dim,
+            width=o.width, conv_impl=conv_impl, local_steps=o.local_steps, batch_size=o.batch_size,
+            client_optimizer=o.client_optimizer, client_lr=o.client_lr, server_lr=o.server_lr,
+            gen_steps=o.gen_steps, gen_batch_size=o.gen_batch_size, gen_lr=o.gen_lr, weighting=o.weighting, dp=dp)
+        return Built(
+            algorithm=GAN_ALGORITHMS[self.name](cfg), config=cfg, rounds=o.rounds,
+            clients_per_round=o.clients_per_round, min_length=o.batch_size, mechanism=mechanism, plan=plan,
+            synthesize=generator_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes),
+            results=lambda state, dataset: {"model": o.model})
+
+
+@register("dp_fedavg_gan")
+class DPFedAvgGAN(_FederatedGAN):
+    description = "clients train D (optionally with DP), the server trains G against the averaged D"
+
+
+@register("fedgan")
+class FedGAN(_FederatedGAN):
+    description = "G and D both trained on the clients and averaged"

@@ -1,0 +1,315 @@
+"""The one driver every method runs through:
+
+  data -> partition -> client arrays -> method.build (validated, privacy planned)
+       -> run directory (created atomically, locked) -> R engine rounds -> server phase
+       -> synthetic set -> evaluation -> results.json
+
+with checkpoints at global steps (rounds 1..R, then server steps R+1..R+S), so `resume`
+and `from_checkpoint` (fork) work the same for every method, and a run killed after its
+last checkpoint but before results.json is finished by resuming it. Nothing is written
+before every input has been validated, and nothing this process did not create is ever
+removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from fedjax_gen import data as fdata
+from fedjax_gen import distributed, methods
+from fedjax_gen.checkpoint import Checkpointer
+from fedjax_gen.config import DataConfig, PerformanceFlags, RunConfig
+from fedjax_gen.errors import InvalidValue, NonFiniteState, UnreachableBudget, UserError
+from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place, run_rounds
+from fedjax_gen.federated.engine import client_uploads
+from fedjax_gen.privacy import config as pconfig
+from fedjax_gen.run_dir import RunDir, config_record
+from fedjax_gen.runners.data import FederatedData, data_layout, prepare_federated_data
+from fedjax_gen.runners.evaluation import evaluate, export_and_evaluate, write_membership
+from fedjax_gen.runners.metric_writers import check_available, writers_for
+
+_KEYS = ("init", "train", "eval", "server")  # one key per purpose, fold_in(root, i)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Everything a run is made of (the configs) plus the method's name."""
+
+    method: str
+    data: DataConfig
+    run: RunConfig
+    performance: PerformanceFlags
+    privacy: pconfig.PrivacyConfig
+    options: object
+
+
+def default_out(name: str) -> str:
+    return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _jsonable(cfg) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["image_shape"] = list(cfg.image_shape)
+    return d
+
+
+def _finite(tree) -> bool:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return bool(jnp.all(jnp.stack(leaves))) if leaves else True
+
+
+def _check_run(job: Job, built) -> None:
+    run, perf = job.run, job.performance
+    if run.num_synthetic == 0 and not methods.get(job.method).run_defaults.get("num_synthetic", 1) == 0:
+        raise InvalidValue("num_synthetic", "{num_synthetic} must be >= 1 for a generator")
+    if perf.rounds_per_call > 1:
+        for name in ("checkpoint_every", "eval_every"):
+            every = getattr(run, name)
+            if every % perf.rounds_per_call:
+                raise InvalidValue(name, f"{{{name}}} {every} must be a multiple of {{rounds_per_call}} "
+                                         f"{perf.rounds_per_call}")
+    if built.reduce == "stack" and perf.rounds_per_call > 1:
+        raise InvalidValue("rounds_per_call", "{rounds_per_call} > 1 needs a round-based method")
+    check_available(run.tensorboard)
+
+
+class _Session:
+    """One invocation's run: the built method, its round, state and run directory."""
+
+    def __init__(self, job: Job, resumed_from: dict | None = None):
+        self.job = job
+        self.main = distributed.is_main_process()
+        self.method = methods.get(job.method)
+        self.fed: FederatedData = prepare_federated_data(job.data)
+        self.mesh = client_mesh()
+        n_dev = self.mesh.devices.size
+        perf = job.performance
+        self.execution = (default_execution("any", num_devices=n_dev) if perf.execution == "auto"
+                          else parse_execution(perf.execution, n_dev))
+        ctx = methods.BuildContext(self.fed.dataset, self.fed.counts, job.options, job.privacy, perf, job.run,
+                                   self.execution)
+        self.built = self.method.build(ctx)
+        if resumed_from is not None:
+            self._check_budget(resumed_from)
+        _check_run(job, self.built)
+        self.keys = {k: jax.random.fold_in(jax.random.key(job.data.seed), i) for i, k in enumerate(_KEYS)}
+        self.state = self.built.algorithm.init(self.keys["init"])
+        self.data = self.fed.clients_for(self.execution, min_length=self.built.min_length, bucket=perf.bucket)
+        self.num_clients = len(self.fed.parts)
+        self.cohort = self.built.clients_per_round or self.num_clients
+        self.round = make_round(self.built.algorithm, num_clients=self.num_clients, clients_per_round=self.cohort,
+                                execution=self.execution, mesh=self.mesh, example_state=self.state,
+                                example_data=self.data, reduce=self.built.reduce)
+        phase = self.built.server_phase
+        self.total = self.built.rounds + (phase.steps if phase else 0)
+
+    def _check_budget(self, saved: dict) -> None:
+        """A resumed private run keeps its calibrated noise; more rounds than its budget
+        allows are refused (fork a new run to spend a new budget)."""
+        plan, target = self.built.plan, saved.get("target_epsilon")
+        if plan is None or target is None:
+            return
+        spent = plan.report(self.built.rounds)["epsilon"]
+        if spent is None or spent > target * (1 + 1e-6):
+            raise UnreachableBudget(f"{self.built.rounds} rounds would spend epsilon {spent:.4g} > the budget "
+                                    f"{target}: lower {{rounds}} (or fork a new run with a new budget)")
+        self.built = dataclasses.replace(self.built, plan=dataclasses.replace(plan, target_epsilon=target))
+
+    def config(self) -> dict:
+        j, b = self.job, self.built
+        plan = {"noise_multiplier": b.plan.noise_multiplier, "target_epsilon": b.plan.target_epsilon} if b.plan else None
+        return config_record(
+            j.method, j.data, j.run, j.performance, j.privacy, j.options,
+            **{self.method.config_key: _jsonable(b.config)}, plan=plan, execution=str(self.execution),
+            devices=self.mesh.devices.size, backend=jax.default_backend(),
+            padded_clients_per_round=self.round.padded_clients, **data_layout(self.data))
+
+    def privacy_line(self) -> None:
+        if self.built.plan is not None and self.main:
+            print(pconfig.privacy_line(self.built.plan, self.job.privacy, self.built.mechanism))
+
+    def restore(self, run_path: str, step: int | None) -> int:
+        ckpt = Checkpointer(RunDir(run_path).checkpoint_dir, create=False)
+        try:
+            step = ckpt.latest_step() if step is None else step
+            self.state = ckpt.restore(step, self.state)
+        finally:
+            ckpt.close()
+        return int(step)
+
+
+def train(job: Job, *, resumed_from: dict | None = None) -> dict | None:
+    """Runs `job`; returns results (None on non-main processes). `resumed_from`: the saved
+    plan of the run being resumed (its calibrated noise is kept)."""
+    run = job.run
+    distributed.maybe_initialize(run.coordinator_address, run.num_processes, run.process_id)
+    s = _Session(job, resumed_from)
+    out = run.out or default_out(job.method)
+    if jax.process_count() > 1 and not run.out:
+        raise InvalidValue("out", "multi-process runs need an explicit {out} (the same path, on a shared "
+                                  "filesystem, in every process)")
+    # Restore (resume / fork) before creating anything, so a bad checkpoint writes nothing.
+    run_dir = RunDir(out) if run.resume else None
+    try:
+        if run_dir is not None and s.main:
+            run_dir.lock()
+        return _open_and_run(s, run, out, run_dir)
+    finally:
+        if run_dir is not None:
+            run_dir.unlock()
+
+
+def _open_and_run(s: "_Session", run: RunConfig, out: str, run_dir: RunDir | None):
+    start = 0
+    if run.resume:
+        start = s.restore(out, None)
+        if start >= s.total and os.path.exists(run_dir.file("results.json")):
+            raise InvalidValue("rounds", f"the run is finished (step {start} of {s.total}): raise {{rounds}} "
+                                         "(or the server steps) to continue it")
+    elif run.from_checkpoint:
+        src, _, step = run.from_checkpoint.partition(":")
+        if step and not step.isdigit():
+            raise InvalidValue("from_checkpoint", f"{{from_checkpoint}} {run.from_checkpoint!r}: the part after "
+                                                  "':' is a checkpoint step (an integer)")
+        start = s.restore(src, int(step) if step else None)
+        if start >= s.total:
+            raise InvalidValue("rounds", f"the state is already at step {start} >= {s.total}: raise {{rounds}}")
+    s.privacy_line()
+
+    created = False
+    if not run.resume:
+        if s.main:
+            run_dir = RunDir.create(out, s.config(), overwrite=run.overwrite)
+            created = True
+        distributed.barrier("run_dir")
+        if not s.main:
+            run_dir = RunDir(out)
+    try:
+        if created:
+            write_membership(run_dir, s.fed)
+        if run.resume and s.main:
+            run_dir.truncate_metrics(min(start, s.built.rounds))
+        return _run(s, run_dir, start)
+    except UserError as e:
+        if created and not isinstance(e, NonFiniteState):
+            shutil.rmtree(run_dir.path, ignore_errors=True)  # this process made all of it
+        raise
+    finally:
+        if created:
+            run_dir.unlock()
+
+
+def _elapsed_before(run_dir: RunDir) -> float:
+    records = run_dir.read_metrics()
+    return float(records[-1].get("elapsed", 0.0)) if records else 0.0
+
+
+def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
+    job, built, run = s.job, s.built, s.job.run
+    writers = writers_for(run_dir, run.tensorboard) if s.main else None
+    write = writers.write if s.main else (lambda record: None)
+    ckpt = Checkpointer(run_dir.checkpoint_dir)
+    data = place(s.data, s.mesh)
+    state = place(jax.device_get(s.state), s.mesh)
+    R = built.rounds
+    schedule = built.plan.schedule(R)[0] if built.plan is not None else None
+    elapsed0, t0 = _elapsed_before(run_dir), time.time()
+    elapsed = lambda: elapsed0 + time.time() - t0
+    bar = tqdm(initial=start, total=s.total, disable=not run.progress, unit="step", dynamic_ncols=True, mininterval=2)
+    wants_uploads = built.uploads is not None and run.save_uploads > 0 and start == 0 and s.main
+    message = jax.device_get(built.algorithm.broadcast(state)) if wants_uploads else None
+
+    rounds = run_rounds(s.round, state, data, s.keys["train"], min(start, R), R, job.performance.rounds_per_call)
+    for block_state, done, metrics in rounds:
+        bar.update(1)
+        state = block_state if block_state is not None else state
+        record = {"round": done, **{k: float(v) for k, v in metrics.items()}, "elapsed": elapsed()}
+        if schedule is not None:
+            record["epsilon"] = float(schedule[done - 1])
+        if run.eval_every and done % run.eval_every == 0 and done < R and s.main:
+            x, y = built.synthesize(distributed.to_host(state), min(run.num_synthetic or 2000, 2000),
+                                    jax.random.fold_in(s.keys["eval"], done))
+            record.update({f"eval_{k}": v for k, v in evaluate(s.fed.dataset, x, y, s.keys["eval"], run).items()})
+        write(record)
+        if block_state is not None:
+            _stop_if_not_finite(done, state, ckpt)
+            if (run.checkpoint_every and done % run.checkpoint_every == 0) or done == R:
+                ckpt.save(done, state)
+        if done == 1 and wants_uploads:
+            _write_uploads(s, run_dir, state, message)
+    phase = built.server_phase
+    if phase is not None and start < s.total:
+        step = phase.make(state)
+        for i in range(max(start - R, 0), phase.steps):
+            state, metrics = step(state, jax.random.fold_in(s.keys["server"], i))
+            bar.update(1)
+            if (i + 1) % run.log_every == 0 or i + 1 == phase.steps:
+                record = {k: float(v) for k, v in metrics.items()}
+                write({"round": R, "step": i + 1, "phase": "server", **record, "elapsed": elapsed()})
+                bar.set_postfix({k: f"{record[k]:.3g}" for k in phase.postfix if k in record})
+            if (run.checkpoint_every and (i + 1) % run.checkpoint_every == 0) or i + 1 == phase.steps:
+                _stop_if_not_finite(R + i + 1, state, ckpt)
+                ckpt.save(R + i + 1, state)
+    bar.close()
+    jax.block_until_ready(state)
+    wall = elapsed()
+    ckpt.close()
+    if not s.main:
+        return None
+    writers.close()
+    return _finish(s, run_dir, distributed.to_host(state), wall, resumed_export=start >= s.total)
+
+
+def _stop_if_not_finite(step: int, state, ckpt: Checkpointer) -> None:
+    """A NaN/inf server state stops the run; the checkpoints already saved stay."""
+    if not _finite(state):
+        ckpt.wait()
+        raise NonFiniteState(f"step {step}: the server state is not finite; the last good checkpoint "
+                             f"(step {ckpt.latest_step()}) is kept: lower the learning rates or check the data")
+
+
+def _write_uploads(s: _Session, run_dir: RunDir, state, message) -> None:
+    """uploads.npz: what clients 0..n-1 sent, as the server received them."""
+    n = min(s.job.run.save_uploads, s.num_clients)
+    ids = np.arange(n, dtype=np.int32)
+    if s.built.uploads.from_round:
+        part = fdata.pad_clients(s.fed.dataset.x_train, s.fed.dataset.y_train, s.fed.parts[:n])
+        outs = client_uploads(s.built.algorithm, message, part, ids, jax.random.fold_in(s.keys["train"], 0))
+        arrays = s.built.uploads.format(jax.device_get(outs), jax.device_get(state), n)
+    else:
+        arrays = s.built.uploads.format(None, jax.device_get(state), n)
+    run_dir.write_arrays("uploads.npz", client_ids=ids, **arrays)
+
+
+def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bool) -> dict:
+    job, built, run = s.job, s.built, s.job.run
+    ds = s.fed.dataset
+    x, y = built.synthesize(state, run.num_synthetic, s.keys["eval"])
+    evaluation = export_and_evaluate(run_dir, ds, x, y, s.keys["eval"], run)
+    R, N = built.rounds, s.num_clients
+    bytes_up = built.bytes_up(state) if built.bytes_up is not None else s.round.bytes_up * R
+    bytes_down = s.round.bytes_down * R
+    results = {
+        "dataset": job.data.dataset, "algorithm": job.method, "method": job.method, "partition": job.data.partition,
+        "clients": N, "clients_per_round": s.cohort, "rounds": R, **evaluation,
+        "bytes_up": int(bytes_up), "bytes_down": int(bytes_down),
+        "bytes_up_per_round": int(bytes_up) // R, "bytes_down_per_round": int(bytes_down) // R,
+        "bytes_up_per_client": bytes_up / N, "bytes_down_per_client": bytes_down / N,
+        "wall_seconds": wall, "rounds_per_second": R / max(wall, 1e-9), "execution": str(s.execution),
+        "num_synthetic": int(len(y)), "resumed_export": resumed_export,
+        "privacy": pconfig.report(built.plan, built.mechanism, job.privacy, R) if built.mechanism else
+        {"privacy_unit": None, "epsilon": None},
+        **(built.results(state, ds) if built.results else {}),
+    }
+    run_dir.write_results(results)
+    print(f"done: {run_dir.path}  tstr_accuracy={results['tstr_accuracy']:.4f} fid={results['fid']:.3f} "
+          f"bytes_up={results['bytes_up']:.3g} ({wall:.1f} s)")
+    return results
