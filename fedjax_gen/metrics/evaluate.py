@@ -7,9 +7,12 @@ import numpy as np
 
 from fedjax_gen.data.client_data import Dataset
 from fedjax_gen.metrics.fid import DOMAIN_CLASSIFIER_STEPS, embed, fid, get_domain_classifier
+from fedjax_gen.metrics.label_coverage import label_coverage
+from fedjax_gen.metrics.mmd import kid, median_bandwidth, mmd2
 from fedjax_gen.metrics.precision_recall import precision_recall
-from fedjax_gen.metrics.train_classifier import DEFAULT_STEPS, evaluate_accuracy
-from fedjax_gen.metrics.tstr import tstr_accuracy
+from fedjax_gen.metrics.recipe import DEFAULT_RECIPE, TSTRRecipe
+from fedjax_gen.metrics.train_classifier import evaluate_accuracy
+from fedjax_gen.metrics.tstr import real_data_ceiling, tstr_scores
 
 _REAL_SUBSAMPLE_SEED = 1234  # the real reference set must not change between experiments
 
@@ -31,17 +34,28 @@ def evaluate_synthetic(
     max_eval: int = 10000,
     domain_classifier_steps: int = DOMAIN_CLASSIFIER_STEPS,
     pr_k: int = 3,
-) -> dict[str, float]:
+    recipe: TSTRRecipe = DEFAULT_RECIPE,
+    ceiling: bool = True,
+) -> dict:
     """Scores (synthetic_x uint8 [M, H, W, C], synthetic_y int [M]) against `dataset`.
 
-    Returns:
-      tstr_accuracy: `tstr_accuracy` (fresh CNN, tstr_steps or 500 steps on ALL M synthetic
-        examples, scored on the whole real test split).
+    Returns (definitions: docs/metrics.md):
+      tstr_accuracy, tstr_accuracy_std, tstr_accuracy_seeds, tstr_best_steps,
+        tstr_synthetic_val_accuracy: `tstr_scores` with `recipe` (tstr_steps overrides
+        recipe.steps), trained on ALL M synthetic examples (early stopping on a held-out part
+        of them), scored on the whole real test split; mean / std over recipe.seeds seeds.
+      tstr_logreg: logistic-regression TSTR (classifier-independent view).
+      real_ceiling, real_ceiling_std, real_ceiling_seeds, real_ceiling_logreg (if `ceiling`):
+        the same recipe trained on the real train split (`real_data_ceiling`, cached).
       fid: FID between the domain classifier's features of <= max_eval real *test* examples
         (a fixed subset) and <= max_eval synthetic examples (a subset drawn with `key`).
       precision, recall, density, coverage: k-NN (k=pr_k) manifold metrics on those features.
-      real_data_accuracy: the domain classifier's accuracy on the real test split: a rough
-        ceiling for tstr_accuracy.
+      mmd_rbf: biased MMD^2 on those features, RBF kernel, bandwidth = median pairwise
+        distance of (<= 1000 of) the fixed real features (mmd_rbf_bandwidth).
+      kid: unbiased MMD^2 with the cubic polynomial kernel on those features.
+      classes_present, all_classes_present, label_tv, synthetic_class_counts: `label_coverage`
+        of synthetic_y against the real *train* labels.
+      real_data_accuracy: the domain classifier's accuracy on the real test split.
     Needs M >= max(2, pr_k + 1). Domain classifier: see `get_domain_classifier` (cached).
     """
     synthetic_x, synthetic_y = np.asarray(synthetic_x), np.asarray(synthetic_y)
@@ -53,12 +67,18 @@ def evaluate_synthetic(
     fake_idx = _subsample(len(synthetic_x), max_eval, sub_key)
     real_feats = embed(model, params, dataset.x_test[real_idx])
     fake_feats = embed(model, params, synthetic_x[fake_idx])
-    return {
-        "tstr_accuracy": tstr_accuracy(
-            synthetic_x, synthetic_y, dataset.x_test, dataset.y_test, dataset.num_classes,
-            key=tstr_key, steps=DEFAULT_STEPS if tstr_steps is None else tstr_steps,
-        ),
+    bandwidth = median_bandwidth(real_feats)
+    out = tstr_scores(synthetic_x, synthetic_y, dataset.x_test, dataset.y_test, dataset.num_classes,
+                      key=tstr_key, steps=tstr_steps, recipe=recipe)
+    if ceiling:
+        out.update(real_data_ceiling(dataset, recipe=recipe, steps=tstr_steps, cache_dir=cache_dir))
+    out.update({
         "fid": fid(real_feats, fake_feats),
         **precision_recall(real_feats, fake_feats, k=pr_k),
+        "mmd_rbf": mmd2(real_feats, fake_feats, kernel="rbf", bandwidth=bandwidth),
+        "mmd_rbf_bandwidth": bandwidth,
+        "kid": kid(real_feats, fake_feats),
+        **label_coverage(synthetic_y, dataset.y_train, dataset.num_classes),
         "real_data_accuracy": evaluate_accuracy(model, params, dataset.x_test, dataset.y_test),
-    }
+    })
+    return out

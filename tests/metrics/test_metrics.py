@@ -1,4 +1,5 @@
-"""Metrics on sklearn digits (8x8): TSTR, FID, precision/recall, the FID classifier cache."""
+"""Metrics on sklearn digits (8x8): TSTR, FID, precision/recall, the FID classifier cache,
+evaluate_synthetic. MMD / label coverage / recipe internals: test_mmd_coverage.py, test_tstr_recipe.py."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from sklearn.datasets import load_digits
 
 from fedjax_gen.data.client_data import Dataset
 from fedjax_gen.metrics import (
+    DEFAULT_RECIPE,
     embed,
     evaluate_synthetic,
     fid,
     frechet_distance,
     get_domain_classifier,
+    kid,
+    median_bandwidth,
+    mmd2,
     precision_recall,
     tstr_accuracy,
 )
@@ -24,7 +29,8 @@ from fedjax_gen.metrics.fid import cache_path
 # The package re-exports the function `fid`, which shadows the submodule attribute.
 fid_module = importlib.import_module("fedjax_gen.metrics.fid")
 
-STEPS = 200  # digits CNN: ~0.98 test accuracy in ~3 s
+STEPS = 200  # FID network (train_classifier) on digits: ~0.98 test accuracy in ~3 s
+TSTR_STEPS = 300  # the TSTR recipe, shortened: a smoke budget, not the default
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +58,23 @@ def domain(digits, cache_dir):
 
 def test_tstr_on_real_train_data_is_high(digits):
     acc = tstr_accuracy(digits.x_train, digits.y_train, digits.x_test, digits.y_test, 10,
-                        key=jax.random.key(0), steps=STEPS)
+                        key=jax.random.key(0), steps=TSTR_STEPS)
     assert acc > 0.9
 
 
 def test_tstr_on_shuffled_labels_is_chance(digits):
     y = np.random.RandomState(1).permutation(digits.y_train)
     acc = tstr_accuracy(digits.x_train, y, digits.x_test, digits.y_test, 10,
-                        key=jax.random.key(0), steps=STEPS)
+                        key=jax.random.key(0), steps=TSTR_STEPS)
     assert acc < 0.3
 
 
 # ---- Frechet distance / FID ---------------------------------------------------------
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    x = np.random.RandomState(0).randn(300, 12)
+    assert fid(x, x.copy()) == pytest.approx(0.0, abs=1e-8)
 
 
 def test_frechet_identical_gaussians_is_zero():
@@ -94,9 +105,13 @@ def test_fid_real_subset_much_smaller_than_noise(digits, domain):
     real = embed(model, params, digits.x_test)
     subset = embed(model, params, digits.x_train[:360])
     noise = np.random.RandomState(0).randint(0, 256, digits.x_test.shape).astype(np.uint8)
-    fid_real, fid_noise = fid(real, subset), fid(real, embed(model, params, noise))
+    noise_feats = embed(model, params, noise)
+    fid_real, fid_noise = fid(real, subset), fid(real, noise_feats)
     assert real.shape == (360, 128)
     assert fid_real * 10 < fid_noise, (fid_real, fid_noise)
+    bw = median_bandwidth(real)
+    assert mmd2(real, subset, bandwidth=bw) * 10 < mmd2(real, noise_feats, bandwidth=bw)
+    assert kid(real, subset) * 10 < kid(real, noise_feats)
 
 
 # ---- precision / recall -------------------------------------------------------------
@@ -174,11 +189,22 @@ def test_cache_key_depends_on_labels(digits, cache_dir):
 
 
 def test_evaluate_synthetic_on_real_data(digits, cache_dir, domain):
+    recipe = DEFAULT_RECIPE.replace(seeds=2)
     out = evaluate_synthetic(digits, digits.x_train, digits.y_train, key=jax.random.key(0),
                              cache_dir=cache_dir, tstr_steps=100, max_eval=300,
-                             domain_classifier_steps=STEPS)
-    assert set(out) >= {"tstr_accuracy", "fid", "precision", "recall", "real_data_accuracy"}
+                             domain_classifier_steps=STEPS, recipe=recipe)
+    assert set(out) >= {"tstr_accuracy", "tstr_accuracy_std", "tstr_accuracy_seeds", "tstr_logreg",
+                        "real_ceiling", "real_ceiling_std", "real_ceiling_logreg", "fid", "precision",
+                        "recall", "density", "coverage", "mmd_rbf", "kid", "classes_present",
+                        "label_tv", "real_data_accuracy"}
     assert out["real_data_accuracy"] > 0.9
-    assert out["tstr_accuracy"] > 0.8
+    assert out["tstr_accuracy"] > 0.8 and out["tstr_logreg"] > 0.8
+    seeds = out["tstr_accuracy_seeds"]
+    assert len(seeds) == 2 and out["tstr_accuracy"] == pytest.approx(np.mean(seeds))
+    assert out["tstr_accuracy_std"] == pytest.approx(np.std(seeds, ddof=1))
+    # Synthetic == the real train split: the same recipe, seeds and key derivation as the ceiling.
+    assert out["real_ceiling"] > 0.8
     assert out["precision"] > 0.5 and out["recall"] > 0.5
     assert np.isfinite(out["fid"]) and out["fid"] >= 0.0
+    assert out["classes_present"] == 10 and out["label_tv"] == pytest.approx(0.0)
+    assert out["mmd_rbf"] >= 0.0 and np.isfinite(out["kid"]) and out["mmd_rbf_bandwidth"] > 0
