@@ -60,6 +60,9 @@ class SecAggConfig:
             protocol = dataclasses.replace(protocol, bits=plan.bits)
         if protocol.min_cohort is None:
             protocol = dataclasses.replace(protocol, min_cohort=plan.noise_clients)
+        elif protocol.min_cohort < plan.noise_clients:
+            raise ValueError(f"min_cohort {protocol.min_cohort} < the plan's {plan.noise_clients} noise clients: "
+                             "a sum of fewer uploads would carry less noise than accounted")
         cond = plan.unit == "user"
         return cls(protocol, plan.scale, "skellam", plan.local_mu,
                    rounding="conditional" if cond else "stochastic",

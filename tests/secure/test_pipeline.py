@@ -88,3 +88,8 @@ def test_threat_models_name_what_the_server_sees():
     assert tm.tolerated_dropout_fraction == 0.4 and tm.collusion_threshold == 50
     with pytest.raises(ValueError):
         secure.ThreatModel("everything", "none", None, None, None, "none", "none")
+
+
+def test_a_min_cohort_below_the_noise_clients_is_refused():
+    with pytest.raises(ValueError, match="less noise"):
+        secure.SecAggConfig.from_plan(_plan(noise_clients=10), secure.ProtocolConfig(min_cohort=9))
