@@ -1,8 +1,10 @@
 """One federated round from an algorithm and an execution strategy.
 
 round(state, data, key) -> (state, metrics):
-  1. sample `clients_per_round` distinct clients (padded with masked clients to a multiple
-     of the device count, so the client axis shards evenly);
+  1. sample clients: `clients_per_round` distinct clients ("fixed"), or each client
+     independently with probability clients_per_round / num_clients ("poisson", padded to
+     a capacity); padded with masked clients to a multiple of the device count, so the
+     client axis shards evenly;
   2. each sampled client gets key fold_in(key_clients, client_id): the same key whatever
      the strategy, padding or device count, so all strategies agree;
   3. sum client outputs over clients (execution strategy);
@@ -27,6 +29,28 @@ from fedjax_gen.errors import UserError
 from fedjax_gen.federated import execution as ex
 from fedjax_gen.federated.algorithm import FederatedAlgorithm
 from fedjax_gen.federated.mesh import round_up
+from fedjax_gen.privacy.capacity import poisson_capacity
+
+
+CLIENT_SAMPLING = ("fixed", "poisson")
+# Default overflow probability per round of a Poisson cohort's capacity when no privacy plan
+# chooses it (non-DP runs): a DP plan sizes it against delta instead (privacy/capacity.py).
+DEFAULT_OVERFLOW_PROBABILITY = 1e-9
+
+
+def sample_clients_poisson(key, num_clients: int, rate: float, capacity: int, padded: int):
+    """Poisson sampling: each client independently with probability `rate`.
+
+    Returns ids [padded] and keep [padded]: the sampled clients in id order, then masked
+    padding. A cohort larger than `capacity` keeps its `capacity` lowest ids (truncation);
+    the plan charges the probability of that event to delta (privacy/capacity.py), so a
+    DP run takes its plan's `client_capacity`."""
+    take = jax.random.uniform(key, (num_clients,)) < rate
+    order = jnp.argsort(~take, stable=True)[:capacity]  # sampled clients first, in id order
+    count = jnp.minimum(jnp.sum(take), capacity)
+    keep = jnp.arange(padded) < count
+    ids = jnp.concatenate([order, jnp.zeros((padded - capacity,), order.dtype)])
+    return jnp.where(keep, ids, 0).astype(jnp.int32), keep
 
 
 def sample_clients(key, num_clients: int, clients_per_round: int, padded: int):
@@ -54,6 +78,8 @@ class Round:
     padded_clients: int
     bytes_up: int
     bytes_down: int
+    client_sampling: str = "fixed"  # "fixed": K of N without replacement | "poisson": each client w.p. K/N
+    client_capacity: int = 0  # poisson: the most clients a round runs (padded_clients rounds it up)
 
 
 def _tree_bytes(shapes) -> int:
@@ -69,10 +95,28 @@ def make_round(
     mesh=None,
     example_state=None,
     example_data: ClientData | BucketedClientData | None = None,
+    client_sampling: str = "fixed",
+    client_capacity: int | None = None,
 ) -> Round:
+    """client_sampling: "fixed" draws clients_per_round = K distinct clients each round;
+    "poisson" includes each client independently with probability q = K / N (the sampling
+    the DP accountant's PoissonSampledDpEvent analyses), runs the cohort padded to
+    `client_capacity` masked slots (static shapes; default: overflow probability
+    DEFAULT_OVERFLOW_PROBABILITY per round; a DP run passes its plan's `client_capacity`),
+    and server_update still receives num_sampled = K, the expected cohort size: a fixed
+    normaliser, so a DP mean's sensitivity does not depend on the realised cohort.
+    Bytes are per expected cohort (K clients)."""
+    if client_sampling not in CLIENT_SAMPLING:
+        raise ValueError(f"client_sampling must be 'fixed' or 'poisson', got {client_sampling!r}")
+    rate = clients_per_round / num_clients
+    poisson = client_sampling == "poisson" and rate < 1.0  # q = 1 samples everyone either way
+    capacity = clients_per_round
+    if poisson:
+        capacity = client_capacity or poisson_capacity(num_clients, rate, DEFAULT_OVERFLOW_PROBABILITY)
+        capacity = min(int(capacity), num_clients)
     n_dev = mesh.devices.size if mesh is not None else 1
     unit = n_dev if execution.kind == "vmap" else execution.chunk
-    padded = round_up(clients_per_round, unit)
+    padded = round_up(capacity, unit)
 
     if execution.kind == "vmap":
         summer = ex.vmap_sum(algorithm.client_update, mesh)
@@ -81,7 +125,10 @@ def make_round(
 
     def prepare(state, key):
         k_sample, k_clients, k_server = jax.random.split(key, 3)
-        ids, keep = sample_clients(k_sample, num_clients, clients_per_round, padded)
+        if poisson:
+            ids, keep = sample_clients_poisson(k_sample, num_clients, rate, capacity, padded)
+        else:
+            ids, keep = sample_clients(k_sample, num_clients, clients_per_round, padded)
         keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
         return algorithm.broadcast(state), ids, keys, keep, k_server
 
@@ -117,7 +164,8 @@ def make_round(
         out = jax.eval_shape(algorithm.client_update, message, one, jax.random.key(0))
         bytes_down = clients_per_round * _tree_bytes(message)
         bytes_up = clients_per_round * (_tree_bytes(out.upload) + _tree_bytes(out.weight))
-    return Round(step, execution, clients_per_round, padded, bytes_up, bytes_down)
+    return Round(step, execution, clients_per_round, padded, bytes_up, bytes_down,
+                 client_sampling if poisson else "fixed", capacity)
 
 
 def place(tree, mesh):

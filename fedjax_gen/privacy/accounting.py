@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import dp_accounting
 import numpy as np
@@ -334,3 +334,115 @@ class PrivacySpec:
         if d.get("epsilon") is None:
             d["epsilon"] = math.inf
         return cls(**d)
+
+
+# --- The mechanism that runs: (sampling, neighbouring relation) pairs -------------------------
+
+SAMPLINGS = ("poisson", "without_replacement")
+NEIGHBORINGS = ("add_remove", "replace_one")
+_RELATION = {"add_remove": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+             "replace_one": dp_accounting.NeighboringRelation.REPLACE_ONE}
+
+
+def sampled_gaussian_event(noise_multiplier: float, sampling: str, population: int, sample_size: float,
+                           neighboring: str, accountant: str) -> dp_accounting.DpEvent | None:
+    """One Gaussian release (std z * C on a sum of records clipped to C) over a sample of
+    `sample_size` (exact for without_replacement, expected for poisson) of `population`
+    records, as a DpEvent for `accountant` under `neighboring`; None if dp-accounting 0.6
+    cannot analyse that combination.
+
+    dp-accounting's two accountants read GaussianDpEvent differently under REPLACE_ONE:
+    the PLD accountant takes z per record bound (it models a replaced record as moving the
+    sum by up to 2C itself: Gaussian(2) replace-one == Gaussian(1) add/remove), while the
+    RDP accountant takes z per L2 distance between neighbouring sums (its replace-one
+    Gaussian and its SampledWithoutReplacement (Wang, Balle, Kasiviswanathan 2019, Thm 27)
+    equal the add/remove Gaussian at the same z). A replaced clipped record moves the sum by
+    up to 2C, so for RDP under replace-one we pass z / 2.
+
+      poisson, add_remove              PoissonSampled(q, G(z))              rdp, pld
+      poisson, replace_one             PoissonSampled(q, G(z))              pld only
+      without_replacement, replace_one SampledWithoutReplacement(n, k, G(z/2)) rdp only
+      without_replacement, add_remove  not analysed (a fixed-size sample's size is public)
+    A sample that is the whole population (q = 1) is a plain Gaussian under either sampling.
+    """
+    if sampling not in SAMPLINGS:
+        raise UserError(f"sampling must be poisson or without_replacement, got {sampling!r}")
+    if neighboring not in NEIGHBORINGS:
+        raise UserError(f"neighboring relation must be add_remove or replace_one, got {neighboring!r}")
+    if accountant not in ACCOUNTANTS:
+        raise UserError(f"unknown accountant {accountant!r}; choose --accountant rdp or pld")
+    z = float(noise_multiplier)
+    rdp_replace = accountant == "rdp" and neighboring == "replace_one"
+    gaussian = dp_accounting.GaussianDpEvent(z / 2 if rdp_replace else z)
+    if sample_size >= population:
+        return gaussian
+    if sampling == "poisson":
+        if rdp_replace:
+            return None
+        return dp_accounting.PoissonSampledDpEvent(float(sample_size) / population, gaussian)
+    if neighboring != "replace_one" or accountant != "rdp":
+        return None
+    return dp_accounting.SampledWithoutReplacementDpEvent(int(population), int(sample_size), gaussian)
+
+
+def _accountant_for(accountant: str, neighboring: str, pld_discretization: float = PLD_DISCRETIZATION):
+    relation = _RELATION[neighboring]
+    if accountant == "rdp":
+        return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+    return dp_accounting.pld.PLDAccountant(relation, value_discretization_interval=pld_discretization)
+
+
+def event_epsilon(event: dp_accounting.DpEvent, count: int, delta: float, accountant: str, neighboring: str,
+                  *, pld_discretization: float = PLD_DISCRETIZATION) -> float:
+    """Epsilon at `delta` of `count` compositions of `event` (its noise multiplier > 0;
+    callers treat z = 0 as epsilon inf themselves)."""
+    if count == 0:
+        return 0.0
+    acc = _accountant_for(accountant, neighboring, pld_discretization)
+    acc.compose(event, int(count))
+    return float(acc.get_epsilon(delta))
+
+
+def event_schedule(event: dp_accounting.DpEvent, per_round: int, rounds: int, delta: float, accountant: str,
+                   neighboring: str, *, max_pld_evaluations: int = 16) -> np.ndarray:
+    """Epsilon after each of rounds 1..R of `per_round` compositions of `event` (as
+    `epsilon_schedule`: RDP scales the one-step curve; PLD evaluates up to
+    `max_pld_evaluations` rounds, others take the next evaluated round's, an upper bound;
+    the last entry equals `event_epsilon` of the whole run)."""
+    rounds = int(rounds)
+    if rounds <= 0:
+        return np.zeros((0,), np.float64)
+    if per_round == 0:
+        return np.zeros((rounds,), np.float64)
+    steps = per_round * np.arange(1, rounds + 1)
+    if accountant == "rdp":
+        acc = _accountant_for("rdp", neighboring)
+        acc.compose(event, 1)
+        return np.array([dp_accounting.rdp.compute_epsilon(acc.orders, acc.rdp * s, delta)[0] for s in steps])
+    evaluated = np.unique(np.linspace(0, rounds - 1, min(rounds, max_pld_evaluations)).round().astype(int))
+    eps_at = {int(r): event_epsilon(event, int(steps[r]), delta, "pld", neighboring,
+                                    pld_discretization=PLD_DISCRETIZATION * (1 if r == rounds - 1 else 10))
+              for r in evaluated}
+    nxt = evaluated[np.searchsorted(evaluated, np.arange(rounds))]
+    return np.array([eps_at[int(r)] for r in nxt])
+
+
+def calibrate(epsilon_of: Callable[[float], float], target_epsilon: float, tol: float = 0.005, *,
+              search_epsilon_of: Callable[[float], float] | None = None,
+              max_noise_multiplier: float = MAX_NOISE_MULTIPLIER) -> float:
+    """Smallest-ish z with target * (1 - tol) <= epsilon_of(z) <= target, for any
+    decreasing epsilon_of (a plan's whole-run epsilon). `search_epsilon_of`, when given, is
+    a cheaper pessimistic version (coarse PLD grid) used for the search; the answer is then
+    raised until the exact epsilon_of is within the target. Raises UserError ("unreachable")."""
+    if not target_epsilon > 0:
+        raise UserError(f"epsilon must be > 0, got {target_epsilon}; choose a positive --epsilon")
+    search = functools.lru_cache(None)(search_epsilon_of or epsilon_of)
+    if search(max_noise_multiplier) > target_epsilon:
+        raise UserError(f"epsilon {target_epsilon} is unreachable (needs noise multiplier > "
+                                f"{max_noise_multiplier:g}): raise --epsilon or lower --rounds")
+    lo, hi = _bracket(search, target_epsilon, 1.0, 2.0, max_noise_multiplier)
+    z = _solve(search, target_epsilon, tol, lo, hi)
+    if search_epsilon_of is not None:
+        while epsilon_of(z) > target_epsilon:
+            z *= 1.001
+    return float(z)

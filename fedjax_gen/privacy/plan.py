@@ -1,18 +1,38 @@
-"""Privacy plans for federated training: which mechanism is accounted, calibrated on demand.
+"""Privacy plans for federated training: the mechanism that runs, accounted, calibrated on demand.
 
-User level (DP-FedAvg): one Gaussian release per round (multiplier sigma on the clipped
-sum), clients sampled at rate p = K / N; R rounds.
+A plan names how clients are drawn each round (`client_sampling`: "poisson", each client
+independently with probability p = K / N, the engine's client_sampling="poisson"; or
+"without_replacement", K of N, the engine's "fixed") and, at example level, how a client
+draws its minibatches (`example_sampling`: "poisson" as privacy/sampling.py's
+poisson_sum; "without_replacement" as gan.sample_batch). Every epsilon is computed by
+dp-accounting for exactly that mechanism under the neighbouring relation it supports:
+  add_remove   when every subsampling stage that runs (rate < 1) is Poisson;
+  replace_one  as soon as one stage draws a fixed-size sample (its size is public, so only
+               replacing a record is a neighbour; example level: any fixed-size minibatches),
+               with sensitivity 2C: a replaced record moves a clipped sum by up to 2C
+               (accounting.sampled_gaussian_event).
+dp-accounting 0.6 cannot analyse every stage with either accountant (RDP has no Poisson
+sampling under replace-one, PLD no sampling without replacement): such a stage falls back
+to the accountant that can, and the report says which accountant gave the epsilon
+("accountant") next to the one asked for ("accountant_requested").
+
+User level (DP-FedAvg): one Gaussian release per round (multiplier sigma on the sum of
+client deltas clipped to S), clients sampled at rate p; R rounds. The server divides by
+K, the expected cohort size (dp_updates.server_mean gets num_sampled = K from the engine),
+a fixed normaliser, so Poisson's varying cohort does not change the sensitivity.
 
 Example level (DP-SGD inside clients): parallel composition over disjoint client datasets,
-so each example's epsilon is its own client's; we report the worst client. Two valid
-upper bounds are computed and the smaller is used:
-  A ("local-steps"): every round counted, R * S steps at rate q_c = min(1, b / n_c);
+so each example's epsilon is its own client's; we report the worst client (the smallest,
+n_min, whose rate b / n_min is highest; client sizes are public metadata). Two valid upper
+bounds, the smaller is used:
+  A ("local-steps"): every round counted, R * S steps of the example sampling at n_min;
   B ("client-sampling"): a client's data is touched only in rounds it is sampled (rate p),
     and a round's S steps are dominated by S full-batch Gaussian steps, i.e. one Gaussian
-    with multiplier sigma / sqrt(S); R rounds at rate p.
-B matters for clients with few examples (q_c = 1), the case the brief stresses.
-Sampling is fixed-size (K clients, b examples) while the accountant assumes Poisson
-sampling at the same rate, the usual approximation (as in TF Privacy and jax-privacy).
+    with multiplier sigma / sqrt(S); R rounds of the client sampling.
+
+Poisson client sampling runs in a padded capacity (privacy/capacity.py): the plan sizes it
+so the overflow's delta, (1 + e^eps) R beta, is at most OVERFLOW_SHARE of the target delta,
+and accounts the rest: report()["delta"] = delta_accountant + capacity_overflow_delta.
 """
 
 from __future__ import annotations
@@ -23,51 +43,143 @@ import math
 import numpy as np
 
 from fedjax_gen.errors import UserError
-from fedjax_gen.privacy import accounting
+from fedjax_gen.privacy import accounting, capacity
+
+SAMPLINGS = accounting.SAMPLINGS
+OVERFLOW_SHARE = 1e-3  # share of the target delta a Poisson cohort's capacity overflow may use
 
 
 @dataclasses.dataclass(frozen=True)
 class PrivacyPlan:
     unit: str  # "example" | "user"
     noise_multiplier: float
-    delta: float
+    delta: float  # the target: delta_accountant + capacity overflow delta <= delta
     accountant: str
     local_steps: int
     client_rate: float  # p = K / N
-    example_rate: float  # worst client's q_c (example level); 0 for user level
+    example_rate: float  # worst client's rate min(1, b / n_min) (example level); 0 for user level
     target_epsilon: float | None = None
+    clients: int = 0  # N
+    clients_per_round: int = 0  # K (exact, or expected under Poisson)
+    min_client_examples: int = 0  # n_min (example level)
+    batch_size: int = 0  # b (example level)
+    client_sampling: str = "without_replacement"  # "poisson" | "without_replacement"
+    example_sampling: str = "poisson"  # "poisson" | "without_replacement" (example level)
+    client_capacity: int = 0  # Poisson: cohort slots the engine must run (make_round(client_capacity=))
+    rounds: int = 0  # the run length the capacity was sized for
+
+    # ----- the mechanism
+    @property
+    def round_sampling(self) -> dict:
+        """The engine arguments that run this plan's client sampling:
+        make_round(..., **plan.round_sampling)."""
+        if self.client_sampling == "poisson":
+            return {"client_sampling": "poisson", "client_capacity": self.client_capacity or None}
+        return {"client_sampling": "fixed"}
+
+    @property
+    def poisson_clients(self) -> bool:
+        return self.client_sampling == "poisson" and self.client_rate < 1.0
+
+    @property
+    def neighboring(self) -> str:
+        fixed_clients = self.client_sampling == "without_replacement" and self.client_rate < 1.0
+        # Fixed-size minibatches: replace-one whatever the worst client's rate, since larger
+        # clients subsample (and a full batch's mean divides by the client's own count).
+        fixed_examples = self.unit == "example" and self.example_sampling == "without_replacement"
+        return "replace_one" if fixed_clients or fixed_examples else "add_remove"
+
+    @property
+    def delta_accountant(self) -> float:
+        """The delta the accountant is asked for; the rest is the capacity overflow's share."""
+        return self.delta * (1.0 - OVERFLOW_SHARE) if self.poisson_clients else self.delta
+
+    @property
+    def overflow_probability(self) -> float:
+        """beta: one round's probability that a Poisson cohort overflows the capacity."""
+        if not self.poisson_clients:
+            return 0.0
+        return capacity.overflow_probability(self.clients, self.client_rate, self.client_capacity)
+
+    def _stages(self, z: float):
+        """[(bound name, DpEvent, releases per round, sampling rate, accountant)] at multiplier z.
+
+        Each bound is computed by the requested accountant where dp-accounting 0.6 can
+        analyse its event under the plan's relation, else by the other one (RDP has no
+        Poisson sampling under replace-one, PLD no sampling without replacement); the
+        report names the accountant that gave its epsilon."""
+
+        def stage(name, mult, sampling, population, size, per_round, rate):
+            for acc in (self.accountant, *(a for a in accounting.ACCOUNTANTS if a != self.accountant)):
+                event = accounting.sampled_gaussian_event(mult, sampling, population, size, self.neighboring, acc)
+                if event is not None:
+                    return name, event, per_round, rate, acc
+            raise AssertionError(f"no accountant analyses {sampling} under {self.neighboring}")
+
+        clients = (z if self.unit == "user" else z / math.sqrt(self.local_steps), self.client_sampling,
+                   self.clients, self.clients_per_round, 1, self.client_rate)
+        if self.unit == "user":
+            return [stage("user", *clients)]
+        n = self.min_client_examples
+        return [stage("local-steps", z, self.example_sampling, n, min(self.batch_size, n), self.local_steps,
+                      self.example_rate),
+                stage("client-sampling", *clients)]
+
+    # ----- epsilons
+    def final_epsilon(self, z: float | None = None, *, pld_discretization: float = accounting.PLD_DISCRETIZATION,
+                      rounds: int | None = None) -> float:
+        """Epsilon after `rounds` (default: the planned run) at multiplier z (default: the plan's)."""
+        z = self.noise_multiplier if z is None else z
+        rounds = self.rounds if rounds is None else rounds
+        if rounds == 0:
+            return 0.0
+        if z == 0.0:
+            return math.inf
+        return min(accounting.event_epsilon(e, k * rounds, self.delta_accountant, acc, self.neighboring,
+                                            pld_discretization=pld_discretization)
+                   for _, e, k, _, acc in self._stages(z))
 
     def schedule(self, rounds: int) -> tuple[np.ndarray, list[str]]:
-        """Epsilon after each of rounds 1..R, and the bound that gave it."""
+        """Epsilon after each of rounds 1..R (at delta_accountant), and the bound that gave it."""
         z = self.noise_multiplier
-        if self.unit == "user":
-            eps = accounting.epsilon_schedule(z, self.client_rate, 1, rounds, self.delta, self.accountant)
-            return eps, ["user"] * rounds
-        a = accounting.epsilon_schedule(z, self.example_rate, self.local_steps, rounds, self.delta, self.accountant)
-        b = accounting.epsilon_schedule(
-            z / math.sqrt(self.local_steps), self.client_rate, 1, rounds, self.delta, self.accountant
-        )
-        return np.minimum(a, b), ["local-steps" if x <= y else "client-sampling" for x, y in zip(a, b)]
+        stages = self._stages(z if z > 0 else 1.0)
+        if z == 0.0:
+            return np.full((rounds,), np.inf), [stages[0][0]] * rounds
+        curves = np.stack([accounting.event_schedule(e, k, rounds, self.delta_accountant, acc, self.neighboring)
+                           for _, e, k, _, acc in stages])
+        return np.min(curves, axis=0), [stages[i][0] for i in np.argmin(curves, axis=0)]
 
     def report(self, rounds: int) -> dict:
         """The results.json privacy block after `rounds` rounds."""
         eps, bound = self.schedule(max(rounds, 1))
         final = float(eps[-1]) if rounds > 0 else 0.0
-        if self.unit == "user" or bound[-1] == "client-sampling":
-            rate, steps = self.client_rate, rounds
-        else:
-            rate, steps = self.example_rate, rounds * self.local_steps
-        return {
+        name = bound[-1] if rounds > 0 else None
+        stages = {n: (r, k, acc) for n, _, k, r, acc in self._stages(1.0)}
+        rate, per_round, used = stages.get(name, (self.client_rate, 1, self.accountant))
+        beta = self.overflow_probability
+        spill = capacity.overflow_delta(final, rounds, beta) if self.poisson_clients else 0.0
+        block = {
             "epsilon": None if math.isinf(final) else final,
-            "delta": self.delta,
+            "delta": self.delta_accountant + spill,
             "noise_multiplier": self.noise_multiplier,
             "sampling_rate": rate,
-            "steps": steps,
+            "steps": rounds * per_round,
             "privacy_unit": self.unit,
-            "accountant": self.accountant,
-            "bound": bound[-1] if rounds > 0 else None,
+            "accountant": used,
+            "accountant_requested": self.accountant,
+            "bound": name,
             "target_epsilon": self.target_epsilon,
+            "sampling": self.client_sampling,
+            "neighboring": self.neighboring,
+            "delta_accountant": self.delta_accountant,
+            "target_delta": self.delta,
         }
+        if self.unit == "example":
+            block["example_sampling"] = self.example_sampling
+        if self.poisson_clients:
+            block.update(client_capacity=self.client_capacity, capacity_overflow_probability=beta,
+                         capacity_overflow_delta=spill)
+        return block
 
 
 def make_plan(
@@ -83,10 +195,22 @@ def make_plan(
     accountant: str = "rdp",
     noise_multiplier: float | None = None,
     epsilon: float | None = None,
+    client_sampling: str = "without_replacement",
+    example_sampling: str = "poisson",
+    distributed_noise: bool = False,
 ) -> PrivacyPlan:
-    """Builds (and with `epsilon`, calibrates) the plan. Refuses impossible budgets."""
+    """Builds (and with `epsilon`, calibrates) the plan of the mechanism that runs.
+
+    client_sampling: "poisson" (engine client_sampling="poisson", with this plan's
+    client_capacity) or "without_replacement" (engine "fixed"). example_sampling (example
+    level): "poisson" (privacy/sampling.py) or "without_replacement" (gan.sample_batch).
+    Refuses impossible budgets and mechanisms the accountant cannot analyse.
+    """
     if (noise_multiplier is None) == (epsilon is None):
         raise UserError("DP needs exactly one of --noise-multiplier or --epsilon (with --delta)")
+    for name, value in (("client sampling", client_sampling), ("example sampling", example_sampling)):
+        if value not in SAMPLINGS:
+            raise UserError(f"{name} must be poisson or without_replacement, got {value!r}")
     records = int(np.sum(client_counts)) if unit == "example" else clients
     if not 0 < delta < 1.0 / records:
         raise UserError(
@@ -94,29 +218,34 @@ def make_plan(
             f"{unit}s, got {delta}; choose a smaller --delta"
         )
     p = clients_per_round / clients
-    q = min(1.0, batch_size / max(int(np.min(client_counts[client_counts > 0])), 1)) if unit == "example" else 0.0
+    if distributed_noise and client_sampling == "poisson" and p < 1.0:
+        raise UserError("distributed noise needs a fixed cohort (a smaller Poisson cohort would add less than the "
+                        "calibrated noise): use central noise or fixed-size client sampling")
+    counts = np.asarray(client_counts)
+    n_min = max(int(np.min(counts[counts > 0])), 1) if unit == "example" else 0
+    q = min(1.0, batch_size / n_min) if unit == "example" else 0.0
+    plan = PrivacyPlan(unit, 0.0 if noise_multiplier is None else float(noise_multiplier), delta, accountant,
+                       local_steps, p, q, epsilon, clients, clients_per_round, n_min,
+                       int(batch_size) if unit == "example" else 0, client_sampling, example_sampling, 0, rounds)
     if epsilon is not None:
-        if unit == "user":
-            z = accounting.calibrate_noise_multiplier(epsilon, delta, p, rounds, accountant)
-        else:
-            z_a = _calibrate_or_inf(epsilon, delta, q, rounds * local_steps, accountant)
-            z_b = _calibrate_or_inf(epsilon, delta, p, rounds, accountant) * math.sqrt(local_steps)
-            z = min(z_a, z_b)
-            if math.isinf(z):
-                raise UserError(
-                    f"epsilon {epsilon} is unreachable for example-level DP in {rounds} rounds "
-                    f"(worst client rate {q:.3g}, client rate {p:.3g}): raise --epsilon or lower --rounds"
-                )
-        noise_multiplier = z
+        # PLD searches on a 10x coarser (pessimistic, ~10x faster) grid, then checks the fine one.
+        search = None
+        if any(acc == "pld" for *_, acc in plan._stages(1.0)):
+            search = lambda z: plan.final_epsilon(z, pld_discretization=10 * accounting.PLD_DISCRETIZATION)
+        try:
+            z = accounting.calibrate(plan.final_epsilon, epsilon, search_epsilon_of=search)
+        except UserError as e:
+            if "unreachable" not in str(e):
+                raise
+            raise UserError(
+                f"epsilon {epsilon} is unreachable for {unit}-level DP in {rounds} rounds "
+                f"(worst client rate {q:.3g}, client rate {p:.3g}): raise --epsilon or lower --rounds"
+            ) from None
+        plan = dataclasses.replace(plan, noise_multiplier=z)
     elif noise_multiplier < 0:
         raise UserError(f"--noise-multiplier must be >= 0, got {noise_multiplier}")
-    return PrivacyPlan(unit, float(noise_multiplier), delta, accountant, local_steps, p, q, epsilon)
-
-
-def _calibrate_or_inf(epsilon, delta, rate, steps, accountant) -> float:
-    try:
-        return accounting.calibrate_noise_multiplier(epsilon, delta, rate, steps, accountant)
-    except UserError as e:
-        if "unreachable" in str(e):
-            return math.inf
-        raise
+    if plan.poisson_clients:
+        eps = epsilon if epsilon is not None else plan.final_epsilon()
+        cap = capacity.capacity_for_delta(clients, p, rounds, eps, OVERFLOW_SHARE * delta)
+        plan = dataclasses.replace(plan, client_capacity=cap)
+    return plan

@@ -167,3 +167,110 @@ def test_scanned_rounds_match_stepped_rounds(setup):
         assert seen == [1, 2, 3]
         finals.append(jax.device_get(state))
     chex.assert_trees_all_close(finals[0], finals[1], atol=1e-5, rtol=1e-5)
+
+
+# ----- Poisson client sampling (the mechanism PoissonSampledDpEvent analyses)
+
+def test_poisson_cohort_sizes_match_binomial():
+    """Each client independently with probability q: the cohort size is Binomial(N, q)
+    (chi-square goodness of fit over 4000 rounds, fixed seed) and every kept id is a
+    distinct sampled client, in id order, with masked padding after it."""
+    from scipy import stats
+
+    from fedjax_gen.federated.engine import sample_clients_poisson
+
+    n, q, rounds = 40, 0.25, 4000
+    keys = jax.random.split(jax.random.key(3), rounds)
+    ids, keep = jax.vmap(lambda k: sample_clients_poisson(k, n, q, n, n + 3))(keys)
+    ids, keep = np.asarray(ids), np.asarray(keep)
+    sizes = keep.sum(1)
+    # Bins with expected count >= 5 (tails merged into the end bins).
+    pmf = stats.binom.pmf(np.arange(n + 1), n, q) * rounds
+    lo, hi = np.argmax(np.cumsum(pmf) >= 5), n - np.argmax(np.cumsum(pmf[::-1]) >= 5)
+    observed = np.array([np.sum(sizes <= lo)] + [np.sum(sizes == s) for s in range(lo + 1, hi)]
+                        + [np.sum(sizes >= hi)])
+    expected = np.array([pmf[: lo + 1].sum()] + list(pmf[lo + 1 : hi]) + [pmf[hi:].sum()])
+    assert stats.chisquare(observed, expected * rounds / expected.sum()).pvalue > 1e-3
+    # Per-client inclusion rate q (each client's count is Binomial(rounds, q): 5 sigma band).
+    per_client = np.stack([np.isin(np.arange(n), i[k]) for i, k in zip(ids, keep)]).sum(0)
+    assert np.all(np.abs(per_client - q * rounds) < 5 * np.sqrt(rounds * q * (1 - q)))
+    for i, k in zip(ids[:50], keep[:50]):
+        assert np.all(np.diff(i[k]) > 0) and np.all(i[~k] == 0)
+    # The same draw as an independent uniform < q per client (what the brute force uses).
+    take = np.asarray(jax.random.uniform(keys[0], (n,)) < q)
+    np.testing.assert_array_equal(ids[0][keep[0]], np.flatnonzero(take))
+
+
+def test_poisson_cohort_truncates_at_capacity_to_lowest_ids():
+    from fedjax_gen.federated.engine import sample_clients_poisson
+
+    key = jax.random.key(0)
+    take = np.flatnonzero(np.asarray(jax.random.uniform(key, (30,)) < 0.6))
+    assert len(take) > 8
+    ids, keep = sample_clients_poisson(key, 30, 0.6, 8, 10)
+    assert int(keep.sum()) == 8
+    np.testing.assert_array_equal(np.asarray(ids)[:8], take[:8])
+
+
+def test_poisson_capacity_is_the_smallest_within_the_overflow_bound():
+    from scipy import stats
+
+    from fedjax_gen.privacy.capacity import overflow_probability, poisson_capacity
+
+    for n, q, target in [(1000, 0.05, 1e-12), (12, 5 / 12, 1e-6), (100, 0.2, 1e-3)]:
+        c = poisson_capacity(n, q, target)
+        # The neighbour with one more client is the worse case, so the tail is of Binomial(N + 1, q).
+        assert overflow_probability(n, q, c) == stats.binom.sf(c, n + 1, q) <= target
+        assert stats.binom.sf(c - 1, n + 1, q) > target
+
+
+def _poisson_reference(cfg, cd, capacity, rounds=2):
+    """Brute force: a Python loop over the clients a Poisson draw includes (lowest ids up to
+    the capacity); the server divides by the expected cohort K. Returns (state, sizes)."""
+    algorithm = GAN_ALGORITHMS["dp_fedavg_gan"](cfg)
+    state = algorithm.init(jax.random.key(0))
+    update = jax.jit(algorithm.client_update)
+    sizes = []
+    for r in range(rounds):
+        k_sample, k_clients, k_server = jax.random.split(jax.random.key(100 + r), 3)
+        take = np.asarray(jax.random.uniform(k_sample, (NUM_CLIENTS,)) < PER_ROUND / NUM_CLIENTS)
+        ids = np.flatnonzero(take)[:capacity]
+        sizes.append(len(ids))
+        message = algorithm.broadcast(state)
+        outs = [update(message, jax.tree.map(lambda a: a[int(i)], cd), jax.random.fold_in(k_clients, int(i)))
+                for i in ids]
+        summed = dataclasses.replace(jax.tree.map(lambda *xs: sum(xs), *outs), metrics={})
+        state, _ = algorithm.server_update(state, summed, PER_ROUND, k_server)
+    return jax.device_get(state), sizes
+
+
+def test_dp_round_with_poisson_sampling_matches_loop_over_included_clients(setup):
+    """User-level DP-FedAvg with Poisson clients: every strategy equals the brute-force loop
+    over the included clients (noise included: the same server key), with the server's
+    mean divided by the expected cohort K, not the realised one."""
+    cd, cfg = setup
+    cfg = dataclasses.replace(cfg, dp=DPConfig("user", clip=0.5, noise_multiplier=0.7))
+    capacity = 9
+    want, sizes = _poisson_reference(cfg, cd, capacity)
+    assert sizes != [PER_ROUND] * 2  # the realised cohorts differ from K: the test means something
+    algorithm = GAN_ALGORITHMS["dp_fedavg_gan"](cfg)
+    # Sampling happens in the round's shared prepare step: the one-program (vmap) and the
+    # host-loop (chunked) summations cover it; chunked:1 differs from chunked:3 only after it.
+    for execution in [Execution("vmap"), Execution("chunked", 3)]:
+        rnd = make_round(algorithm, num_clients=NUM_CLIENTS, clients_per_round=PER_ROUND, execution=execution,
+                         client_sampling="poisson", client_capacity=capacity)
+        assert rnd.client_sampling == "poisson" and rnd.client_capacity == capacity
+        assert rnd.padded_clients >= capacity
+        state, data = algorithm.init(jax.random.key(0)), place(cd, None)
+        for r in range(2):
+            state, _ = rnd.step(state, data, jax.random.key(100 + r))
+        chex.assert_trees_all_close(jax.device_get(state), want, atol=2e-5, rtol=2e-5)
+
+
+def test_fixed_sampling_stays_the_default():
+    algorithm = GAN_ALGORITHMS["dp_fedavg_gan"](GANConfig((8, 8, 1), 10, width=8, latent_dim=8))
+    rnd = make_round(algorithm, num_clients=NUM_CLIENTS, clients_per_round=PER_ROUND, execution=Execution("vmap"))
+    assert rnd.client_sampling == "fixed" and rnd.padded_clients == PER_ROUND
+    with pytest.raises(ValueError, match="client_sampling"):
+        make_round(algorithm, num_clients=NUM_CLIENTS, clients_per_round=PER_ROUND, execution=Execution("vmap"),
+                   client_sampling="shuffle")
