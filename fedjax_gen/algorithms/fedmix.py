@@ -53,6 +53,8 @@ class FedmixConfig:
     cov_floor: float = 1e-4  # eigenvalue floor of the fitted covariances (post-processing)
     count_floor: float = 5.0  # smallest noisy component count trusted by the M-step
     split_scale: float = 1.0  # round-1 split: means drawn from N(mu, split_scale^2 Sigma)
+    cov_shrink: float = 0.0  # subtract cov_shrink x the release noise's spectral edge from eigenvalues
+    temperature: float = 1.0  # sampling: covariance scaled by temperature^2 (post-processing)
 
     @property
     def dim(self) -> int:
@@ -197,11 +199,14 @@ def release(summed, noise_std: float, key):
     return summed + noise_std * jax.random.normal(key, summed.shape, summed.dtype)
 
 
-def fit(cfg: FedmixConfig, released, K: int, second_moment=None) -> Mixture:
+def fit(cfg: FedmixConfig, released, K: int, second_moment=None, moment_noise_std: float = 0.0) -> Mixture:
     """M-step from a (noisy) released vector: weights and means per component, one covariance
     per class (within-component scatter pooled over the class), eigenvalues floored so the
     noisy matrix is a valid covariance. second_moment [C, T]: round 1's released second
-    moment, for releases that carry only first moments. Post-processing only."""
+    moment, for releases that carry only first moments. moment_noise_std: the (public) noise
+    std of the second-moment release; its symmetric noise matrix (off-diagonal std
+    noise / sqrt 2, fedmix_features.vech) has spectral edge ~ sqrt(2 d) noise, and
+    cfg.cov_shrink times that edge / n_c is subtracted from every eigenvalue. Post-processing only."""
     C, d = cfg.num_classes, cfg.dim
     first, second = unpack(cfg, jnp.asarray(released, jnp.float32), K, second_moment is None)
     second = second if second_moment is None else second_moment
@@ -213,7 +218,8 @@ def fit(cfg: FedmixConfig, released, K: int, second_moment=None) -> Mixture:
     scatter = S - jnp.einsum("ck,ckd,cke->cde", n, mu, mu)
     cov = scatter / n_c[:, None, None]
     evals, evecs = jnp.linalg.eigh(0.5 * (cov + jnp.swapaxes(cov, 1, 2)))
-    evals = jnp.maximum(evals, cfg.cov_floor)
+    edge = cfg.cov_shrink * math.sqrt(2.0 * d) * moment_noise_std / n_c  # [C]
+    evals = jnp.maximum(evals - edge[:, None], cfg.cov_floor)
     cov = jnp.einsum("cde,ce,cfe->cdf", evecs, evals, evecs)
     chol = jnp.linalg.cholesky(cov)
     log_w = jnp.log(n / jnp.sum(n, axis=1, keepdims=True))
@@ -236,7 +242,7 @@ def sample(cfg: FedmixConfig, basis_, m: Mixture, labels, key) -> np.ndarray:
     kc, kz = jax.random.split(key)
     comp = jax.random.categorical(kc, m.log_weights[labels])  # [N]
     z = jax.random.normal(kz, (labels.shape[0], cfg.dim))
-    u = m.means[labels, comp] + jnp.einsum("nde,ne->nd", m.chol[labels], z)
+    u = m.means[labels, comp] + cfg.temperature * jnp.einsum("nde,ne->nd", m.chol[labels], z)
     return ff.decode(basis_, u, cfg.clip, cfg.image_shape)
 
 
@@ -256,7 +262,8 @@ def run_central(cfg: FedmixConfig, x_uint8, y, multipliers, key, stat_fn=None):
     s = stat_fn(None, 1)
     r = release(s, multipliers[0] * cfg.round_sensitivity(0), keys[0])
     releases.append(r)
-    m = fit(cfg, r, 1)
+    noise0 = multipliers[0] * cfg.round_sensitivity(0)
+    m = fit(cfg, r, 1, moment_noise_std=noise0)
     moments = unpack(cfg, r, 1)[1]
     if cfg.rounds > 1:
         m = split(cfg, m, keys[1])
@@ -264,7 +271,7 @@ def run_central(cfg: FedmixConfig, x_uint8, y, multipliers, key, stat_fn=None):
         s = stat_fn(m, cfg.components)
         r = release(s, multipliers[t] * cfg.round_sensitivity(t), keys[2 * t])
         releases.append(r)
-        m = fit(cfg, r, cfg.components, moments)
+        m = fit(cfg, r, cfg.components, moments, moment_noise_std=noise0)
     return m, releases
 
 
