@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fedjax_gen import secure
+from fedjax_gen.privacy.accounting import calibrate_noise_multiplier
 
 N, C, D = 12, 4, 49  # DP-MERF-shaped: C classes x (D features + 1 count)
 DIM = C * (D + 1)
@@ -93,3 +94,25 @@ def test_threat_models_name_what_the_server_sees():
 def test_a_min_cohort_below_the_noise_clients_is_refused():
     with pytest.raises(ValueError, match="less noise"):
         secure.SecAggConfig.from_plan(_plan(noise_clients=10), secure.ProtocolConfig(min_cohort=9))
+
+
+def test_dp_merf_uploads_go_through_and_decode_within_the_accounted_error():
+    from fedjax_gen.algorithms import dp_merf
+    from fedjax_gen.attacks import merf
+
+    n, per, c, d = 8, 6, 3, 32
+    cfg = dp_merf.MERFConfig((4, 4, 1), c, num_features=d, rff_sigma=3.0)
+    w = dp_merf.frequencies(cfg, jax.random.key_data(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, per, 4, 4, 1), dtype=np.uint8)
+    y = rng.integers(0, c, (n, per))
+    emb, counts = merf.client_uploads(w, x, y, np.ones((n, per), bool), num_classes=c)
+    uploads = np.concatenate([np.asarray(emb).reshape(n, -1), np.asarray(counts)], axis=1)  # [n, C*D + C]
+    plan = secure.calibrate_skellam(1.0, 1e-3, l2_sensitivity=dp_merf.SENSITIVITY, support=d + 1,
+                                    dim=uploads.shape[1], value_bound=float(n * per), max_clients=n, noise_clients=n)
+    res = secure.secure_sum(uploads, secure.SecAggConfig.from_plan(plan, secure.ProtocolConfig(threshold=5)),
+                            jax.random.key(1), secret_seed=1)
+    err = res.total - uploads.astype(np.float64).sum(0)
+    assert not res.wrapped and np.max(np.abs(err)) < 5 * plan.error_std
+    central = calibrate_noise_multiplier(1.0, 1e-3, 1.0, 1) * dp_merf.SENSITIVITY
+    assert central <= plan.gaussian_std <= 1.1 * central  # d + 1 = 33 coordinates: rounding inflation small
