@@ -10,4 +10,14 @@
   gradient_inversion    DLG / iDLG / Inverting Gradients
   active                imprint module (Robbing the Fed), DP sweeps, client isolation
   merf                  DP-MERF uploads: membership, MAP inversion, crafted frequencies, GDP bounds
+  images                the one uint8 -> float conversion, grid rows
+
+The attack runner (runners/attack.py) on finished runs:
+  registry              @register_attack(name, applies_to, needs, settings): the one place an
+                        attack is named; discover() imports every module here
+  run_target            a run opened for attack (read_configs, the rebuilt dataset and method)
+  context               what an attack is handed (queries, reference, write buffers)
+  gan_runs              fbb (any method), pbb, wb, logan, gi, active (GANs)
+  upload_runs           classifier, inversion (DENSE), distilled (DOSFL) on uploads.npz
+  merf_runs             merf_mia, merf_recon, merf_aggregate, merf_active (DP-MERF)
 """

@@ -27,10 +27,8 @@ import numpy as np
 
 from fedjax_gen.attacks.metrics import mia_report, psnr, roc_auc, ssim
 from fedjax_gen.attacks.nearest import min_sq_distances
+from fedjax_gen.attacks.images import as_float
 
-
-def _float(x):
-    return x.astype(jnp.float32) / 127.5 - 1.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
@@ -51,7 +49,7 @@ def client_distances(distilled, members, member_mask, nonmembers, chunk: int = 1
     per_client = nonmember_mask is not None
 
     def one(dist, dmask, mem, mask, non, nmask):
-        dist = _float(dist)
+        dist = as_float(dist)
         dm, im = min_sq_distances(dist, mem, r_mask=mask, q_chunk=chunk, g_chunk=chunk)
         if not per_client:
             nmask = jnp.arange(non.shape[0]) < jnp.sum(mask)  # as many as the client's members
@@ -77,8 +75,8 @@ def distilled_report(distilled, members, member_mask, nonmembers, distilled_mask
     d = jax.tree.map(np.asarray, client_distances(distilled, members, mask, nonmembers, distilled_mask=dmask,
                                                   nonmember_mask=nonmember_mask))
     mia_non = d["mia_non"].ravel() if nonmember_mask is None else d["mia_non"][np.asarray(nonmember_mask, bool)]
-    dist = np.asarray(_float(jnp.asarray(distilled)))
-    best = np.stack([np.asarray(_float(jnp.asarray(members[i])))[d["idx_member"][i]] for i in range(len(dist))])
+    dist = np.asarray(as_float(jnp.asarray(distilled)))
+    best = np.stack([np.asarray(as_float(jnp.asarray(members[i])))[d["idx_member"][i]] for i in range(len(dist))])
     flat_dist, flat_best = dist[dmask], best[dmask]
     d_pix = float(np.prod(dist.shape[2:]))
     dm, dn = d["d_member"][dmask], d["d_non"][dmask]

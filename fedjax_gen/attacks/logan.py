@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_gen.models.base import Model, Params
+from fedjax_gen.attacks.images import as_float
 
 
 @functools.partial(jax.jit, static_argnames="D")
 def _logits(D: Model, disc_params: Params, x, y):
-    x = x.astype(jnp.float32) / 127.5 - 1.0 if x.dtype == jnp.uint8 else x
+    x = as_float(x)
     return D.apply(disc_params, x, y)
 
 

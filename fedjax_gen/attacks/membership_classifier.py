@@ -22,16 +22,14 @@ import optax
 
 from fedjax_gen.attacks.metrics import mia_report
 from fedjax_gen.models.base import Model, Params
+from fedjax_gen.attacks.images import as_float
 
-
-def _float(x):
-    return x.astype(jnp.float32) / 127.5 - 1.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
 def example_scores(model: Model, params: Params, x, y):
     """One model: x [N, H, W, C], y [N] -> (loss_score [N] = -cross-entropy,
     confidence [N] = softmax probability of the true label)."""
-    logits = model.apply(params, _float(x))
+    logits = model.apply(params, as_float(x))
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return -ce, jnp.exp(-ce)
 

@@ -61,13 +61,10 @@ from fedjax_gen.algorithms.dp_merf import SENSITIVITY, features
 from fedjax_gen.attacks.metrics import psnr, recon_report
 from fedjax_gen.attacks.priors import adam_in_pixel_box
 from fedjax_gen.privacy.clipping import add_gaussian_noise
+from fedjax_gen.attacks.images import as_float
 
 CRAFTED = {"honest": 1.0, "narrow": 3.0, "spike": 16.0, "lowfreq": 0.125}  # W multiplier (1 / bandwidth factor)
 
-
-def _float(x):
-    """uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1]."""
-    return x.astype(jnp.float32) / 127.5 - 1.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
 # --- what the clients upload -----------------------------------------------------------------
@@ -90,7 +87,7 @@ def client_uploads(w, x, y, mask, *, num_classes: int, batch_size: int | None = 
 
     def one(xc, yc, mc):
         onehot = jax.nn.one_hot(yc, num_classes) * mc[:, None]  # padding contributes 0
-        return onehot.T @ features(w, _float(xc)), jnp.sum(onehot, axis=0)
+        return onehot.T @ features(w, as_float(xc)), jnp.sum(onehot, axis=0)
 
     return _over_clients(one, (x, y, mask), batch_size)
 
@@ -108,7 +105,7 @@ def class_mean_embeddings(w, x, y, *, num_classes: int):
     """Public reference data x [P, H, W, Ch], y [P] -> per-class mean phi [C, D]
     (zeros for classes without reference examples, so they add no calibration)."""
     onehot = jax.nn.one_hot(y, num_classes)
-    sums = onehot.T @ features(w, _float(x))
+    sums = onehot.T @ features(w, as_float(x))
     return sums / jnp.maximum(jnp.sum(onehot, axis=0), 1.0)[:, None]
 
 
@@ -116,7 +113,7 @@ def class_prior(x, y, num_classes: int, min_var: float = 0.01):
     """Gaussian pixel prior per class from public data: (mean [C, H, W, Ch], var [C, H, W, Ch])
     in [-1, 1] units; the variance is floored (constant border pixels have var 0) and
     classes without data fall back to the pooled statistics. Host numpy."""
-    x = np.asarray(_float(jnp.asarray(x)))
+    x = np.asarray(as_float(jnp.asarray(x)))
     y = np.asarray(y)
     mean, var = np.empty((num_classes,) + x.shape[1:], np.float32), np.empty((num_classes,) + x.shape[1:], np.float32)
     for c in range(num_classes):
@@ -141,7 +138,7 @@ def membership_scores(w, embedding, counts, ref_mean, x, y, *, batch_size: int |
     batch_size: clients per vmapped group (None: all at once), for memory."""
 
     def one(e, n, xc, yc):
-        phi = features(w, _float(xc))  # [M, D]
+        phi = features(w, as_float(xc))  # [M, D]
         return jnp.sum(phi * e[yc], -1) - jnp.maximum(n[yc], 0.0) * jnp.sum(phi * ref_mean[yc], -1)
 
     return _over_clients(one, (embedding, counts, x, y), batch_size)

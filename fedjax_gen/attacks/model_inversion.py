@@ -23,6 +23,7 @@ from fedjax_gen.attacks.metrics import ssim
 from fedjax_gen.attacks.nearest import min_sq_distances
 from fedjax_gen.attacks.priors import adam_in_pixel_box, total_variation
 from fedjax_gen.models.base import Model, Params
+from fedjax_gen.attacks.images import as_float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,7 @@ def inversion_report(recon, classes, x_members, y_members, x_non, y_non) -> dict
     closer_to_member (fraction of classes whose nearest member beats the nearest non-member).
     """
     recon = jnp.asarray(recon, jnp.float32)
-    xm, xn = _float_np(x_members), _float_np(x_non)
+    xm, xn = as_float(np.asarray(x_members)), as_float(np.asarray(x_non))
     ym, yn, classes = np.asarray(y_members), np.asarray(y_non), np.asarray(classes)
     d_pix = float(np.prod(recon.shape[1:]))
     dm, im = min_sq_distances(recon, xm, classes, ym)
@@ -94,7 +95,3 @@ def inversion_report(recon, classes, x_members, y_members, x_non, y_non) -> dict
         "num_classes": int(ok.sum()),
     }
 
-
-def _float_np(x):
-    x = np.asarray(x)
-    return x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)

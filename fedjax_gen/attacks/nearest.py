@@ -14,13 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_gen.data.client_data import to_float
+from fedjax_gen.attacks.images import as_float
 
 _BIG = jnp.float32(3.0e38)
 
-
-def _as_float(x):
-    return to_float(x) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
 def _pad_to(x, multiple: int, axis: int = 0):
@@ -59,13 +56,13 @@ def min_sq_distances(queries, refs, q_labels=None, r_labels=None, r_mask=None, *
 
     def per_q_chunk(qc):
         q, lq = qc
-        q = _as_float(q)
+        q = as_float(q)
         qn = jnp.sum(q * q, axis=-1)
 
         def scan_r(carry, tile):
             best, arg = carry
             r, lr, ok, offset = tile
-            r = _as_float(r)
+            r = as_float(r)
             # |q|^2 - 2 q.r + |r|^2: one matmul per tile; clamp round-off below 0.
             d = jnp.maximum(qn[:, None] - 2.0 * q @ r.T + jnp.sum(r * r, axis=-1)[None, :], 0.0)
             d = jnp.where(ok[None, :] & (lq[:, None] == lr[None, :]), d, _BIG)

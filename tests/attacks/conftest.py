@@ -31,3 +31,13 @@ def fit(loss_fn, params, steps, lr=1e-2):
         return jax.lax.scan(step, (p, opt.init(p)), None, length=steps)[0][0]
 
     return run(params)
+
+
+def config_json(method: str, options, **internal) -> dict:
+    """config.json of a fabricated run, as runners/train.py writes it (config_record)."""
+    from fedjax_gen.config import DataConfig, PerformanceFlags, RunConfig
+    from fedjax_gen.privacy.config import PrivacyConfig
+    from fedjax_gen.run_dir import config_record
+
+    data = DataConfig(dataset="digits", clients=3, max_train=60, seed=0)
+    return config_record(method, data, RunConfig(), PerformanceFlags(), PrivacyConfig(), options, **internal)

@@ -7,23 +7,26 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import config_json
+
 from fedjax_gen import cli
 from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
 from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.data import load_dataset, subsample
+from fedjax_gen.methods.gan import GANOptions
 from fedjax_gen.run_dir import RunDir
 from fedjax_gen.runners.attack import main
 
 
 @pytest.fixture(scope="module")
 def gan_run(tmp_path_factory):
-    """A run dir as runners/fedgan.py writes it: untrained tiny conditional MLP GAN on digits."""
+    """A run dir as runners/train.py writes it: untrained tiny conditional MLP GAN on digits."""
     path = str(tmp_path_factory.mktemp("runs") / "gan")
     cfg = GANConfig(image_shape=(8, 8, 1), num_classes=10, latent_dim=8, width=4)
-    flags = {"algorithm": "dp_fedavg_gan", "dataset": "digits", "data_dir": None, "max_train": 60, "seed": 0}
     gc = dataclasses.asdict(cfg)
     gc["image_shape"] = list(cfg.image_shape)
-    rd = RunDir.create(path, {"flags": flags, "gan_config": gc})
+    rd = RunDir.create(path, config_json("dp_fedavg_gan", GANOptions(latent_dim=8, width=4, clients_per_round=3),
+                                         gan_config=gc))
     ds = subsample(load_dataset("digits"), 60, None, 0)
     owner = np.arange(60) % 3
     rd.write_arrays("membership.npz", train_client=owner, members=np.arange(60),
@@ -32,6 +35,7 @@ def gan_run(tmp_path_factory):
     ckpt = Checkpointer(rd.checkpoint_dir)
     ckpt.save(1, GAN_ALGORITHMS["dp_fedavg_gan"](cfg).init(jax.random.key(0)))
     ckpt.close()
+    rd.unlock()  # create() hands the directory over locked, as to a training run
     return path
 
 

@@ -67,7 +67,7 @@ def test_class_matched_non_members_separate_membership_from_label_skew(digits):
     view still finds real members: test_loss_mia_per_client, whose classes are balanced.)"""
     import types
 
-    from fedjax_gen.runners.attack_uploads import classifier_mia
+    from fedjax_gen.attacks.upload_runs import classifier_mia
 
     y_train = np.asarray(digits["y_train"])
     two = np.flatnonzero(y_train < 2)

@@ -8,19 +8,23 @@ import math
 import numpy as np
 import pytest
 
+from conftest import config_json
+
 from fedjax_gen import cli
-from fedjax_gen.runners import attack, attack_merf
+from fedjax_gen.attacks import merf_runs as attack_merf
+from fedjax_gen.attacks.run_target import open_run
+from fedjax_gen.runners import attack
 
 merf_main = cli.main_for("dp_merf")
 
 TINY = ["--clients", "6", "--max-train", "120", "--num-features", "64", "--gen-steps", "2", "--log-every", "1",
         "--tstr-steps", "5", "--num-synthetic", "20", "--overwrite"]
 ATTACK = ["--num-queries", "20", "--merf-steps", "20"]
+MERF_ATTACKS = ("merf_mia", "merf_recon", "merf_aggregate", "merf_active")
 
 
 def _release(run):
-    t = attack._open_run(run)
-    return attack_merf.checkpoint_state(t, attack_merf.merf_config(t.config))
+    return open_run(run).state()
 
 
 @pytest.mark.slow
@@ -37,7 +41,7 @@ def test_distributed_noise_run_attacked(tmp_path):
 
     attack.main(["--run", run] + ATTACK)
     res = json.load(open(f"{run}/attack_results.json"))["attacks"]
-    assert set(res) == {"fbb", *attack_merf.ATTACKS}
+    assert set(res) == {"fbb", *MERF_ATTACKS}
     mia, recon = res["merf_mia"], res["merf_recon"]
     assert "clean" not in mia and set(mia) >= {"share", "central"}  # shares are baked into the uploads
     assert mia["share"]["noise_std"] == pytest.approx(float(up["noise_std"]))
@@ -74,11 +78,11 @@ def test_non_private_run_attacked_at_a_what_if_epsilon(tmp_path):
 def test_merf_run_without_uploads_is_a_user_error(tmp_path, capsys):
     """A DP-MERF run made before uploads were saved (or with --save-uploads 0)."""
     from fedjax_gen.algorithms.dp_merf import MERFConfig
+    from fedjax_gen.methods.dp_merf import MERFOptions
     from fedjax_gen.run_dir import RunDir
 
     mc = {**vars(MERFConfig((8, 8, 1), 10)), "image_shape": [8, 8, 1]}
-    flags = {"dataset": "digits", "data_dir": None, "max_train": 60, "seed": 0, "clients": 3}
-    rd = RunDir.create(str(tmp_path / "merf"), {"flags": flags, "merf_config": mc})
+    rd = RunDir.create(str(tmp_path / "merf"), config_json("dp_merf", MERFOptions(), merf_config=mc))
     rd.write_arrays("membership.npz", train_client=np.arange(60) % 3, members=np.arange(60), nonmembers=np.arange(10))
     assert cli.run(attack.main, ["--run", rd.path, "--attacks", "merf_mia"]) == 2
     err = capsys.readouterr().err

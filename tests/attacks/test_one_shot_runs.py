@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from conftest import config_json
+
 from fedjax_gen import cli
 from fedjax_gen.runners import attack
 
@@ -58,12 +60,12 @@ def test_run_without_uploads_is_a_user_error(tmp_path, capsys):
     import dataclasses
 
     from fedjax_gen.algorithms.dense import DENSEConfig
+    from fedjax_gen.methods.dense import DENSEOptions
     from fedjax_gen.run_dir import RunDir
 
     dc = dataclasses.asdict(DENSEConfig((8, 8, 1), 10))
     dc["image_shape"] = [8, 8, 1]
-    flags = {"dataset": "digits", "data_dir": None, "max_train": 60, "seed": 0}
-    rd = RunDir.create(str(tmp_path / "dense"), {"flags": flags, "dense_config": dc})
+    rd = RunDir.create(str(tmp_path / "dense"), config_json("dense", DENSEOptions(), dense_config=dc))
     rd.write_arrays("membership.npz", train_client=np.arange(60) % 3, members=np.arange(60), nonmembers=np.arange(10))
     assert cli.run(attack.main, ["--run", rd.path, "--attacks", "classifier"]) == 2
     err = capsys.readouterr().err

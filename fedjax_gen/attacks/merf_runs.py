@@ -1,4 +1,4 @@
-"""Attacks on federated DP-MERF runs (config.json has "merf_config"), for runners/attack.py.
+"""Attacks on federated DP-MERF runs (method dp_merf), registered for the attack runner.
 
   merf_mia        passive server without secure aggregation: membership of each attacked
                   client's own examples vs held-out examples of the same classes (as many per
@@ -34,19 +34,23 @@ import numpy as np
 
 from fedjax_gen.algorithms import dp_merf
 from fedjax_gen.attacks import merf
+from fedjax_gen.attacks.images import as_float, grid_rows
 from fedjax_gen.attacks.metrics import mia_report
-from fedjax_gen.checkpoint import Checkpointer
+from fedjax_gen.attacks.registry import register_attack
+from fedjax_gen.attacks.upload_runs import ClientSettings, matched_nonmembers
+from fedjax_gen.config import option, validated
 from fedjax_gen.errors import UserError
 from fedjax_gen.privacy.accounting import calibrate_noise_multiplier
-from fedjax_gen.runners.attack_uploads import matched_nonmembers, read_uploads
 
-ATTACKS = ("merf_mia", "merf_recon", "merf_aggregate", "merf_active")
 _FEATURE_BYTES = 256 << 20  # live [clients, N, D] float32 features per vmapped group
 
 
-def merf_config(config: dict) -> dp_merf.MERFConfig:
-    mc = config["merf_config"]
-    return dp_merf.MERFConfig(**{**mc, "image_shape": tuple(mc["image_shape"])})
+@validated
+class MERFAttackSettings(ClientSettings):
+    merf_slots: int = option(2, "merf_recon/active: reconstruct (client, class) rows holding 1..N images", min=1)
+    merf_steps: int = option(300, "merf_recon/active: Adam steps per row", min=1)
+    merf_epsilon: float = option(1.0, "DP-MERF attacks on a non-private run: the what-if epsilon for the noisy "
+                                 "views", gt=0.0)
 
 
 @dataclasses.dataclass
@@ -84,10 +88,10 @@ class Setting:
         return int(max(1, min(len(self.client_ids), _FEATURE_BYTES // max(per_client, 1))))
 
 
-def _noise_multiplier(cfg, flags: dict, epsilon: float) -> tuple[float, str]:
+def _noise_multiplier(cfg, privacy, epsilon: float) -> tuple[float, str]:
     if cfg.noise_multiplier > 0:
         return float(cfg.noise_multiplier), "run"
-    z = calibrate_noise_multiplier(epsilon, flags.get("delta", 1e-5), 1.0, 1, flags.get("accountant", "rdp"))
+    z = calibrate_noise_multiplier(epsilon, privacy.delta, 1.0, 1, privacy.accountant)
     return float(z), f"what-if (non-private run): z calibrated for epsilon {epsilon:g}, one release"
 
 
@@ -98,15 +102,15 @@ def _padded(rows: list[np.ndarray]):
 
 
 def setting(t, uploads: dict | None, max_clients: int, epsilon: float, seed: int) -> Setting:
-    """t: the opened run (runners.attack._Target); uploads: read_uploads(...) or None (the
+    """t: the opened run (attacks.run_target.RunTarget); uploads: its uploads.npz or None (the
     active and aggregate attacks need no uploads: then clients 0..max_clients-1 are attacked
     and W comes from the checkpoint)."""
-    cfg = merf_config(t.config)
+    cfg = t.config
     ds, owner = t.dataset, t.membership["train_client"]
     if uploads is not None:
         ids = uploads["client_ids"][:max_clients]
     else:
-        ids = np.arange(min(max_clients, int(t.config["flags"]["clients"])))
+        ids = np.arange(min(max_clients, int(t.saved.data.clients)))
     rng = np.random.default_rng(seed)
     held = rng.permutation(t.membership["nonmembers"])
     query_pool, public = held[: len(held) // 2], held[len(held) // 2:]
@@ -117,18 +121,13 @@ def setting(t, uploads: dict | None, max_clients: int, epsilon: float, seed: int
     mi, m_mask = _padded(members)
     ni, n_mask = _padded(nonmembers)
     mean, var = merf.class_prior(ds.x_test[public], ds.y_test[public], cfg.num_classes)
-    z, source = _noise_multiplier(cfg, t.config["flags"], epsilon)
+    z, source = _noise_multiplier(cfg, t.saved.privacy, epsilon)
     views = {"clean": 0.0, "share": z * dp_merf.SENSITIVITY / math.sqrt(cfg.noise_shares),
              "central": z * dp_merf.SENSITIVITY}
-    freq_seed = uploads["freq_seed"] if uploads is not None else checkpoint_state(t, cfg).freq_seed
+    freq_seed = uploads["freq_seed"] if uploads is not None else t.state().freq_seed
     w = jax.jit(dp_merf.frequencies, static_argnums=0)(cfg, jnp.asarray(freq_seed))
     return Setting(cfg, w, np.asarray(ids), ds.x_train[mi], ds.y_train[mi], m_mask, ds.x_test[ni], ds.y_test[ni],
                    n_mask, query_pool, ds.x_test[public], ds.y_test[public], mean, var, z, source, views)
-
-
-def checkpoint_state(t, cfg) -> dp_merf.MERFState:
-    abstract = jax.eval_shape(dp_merf.make(cfg).init, jax.random.key(0))
-    return Checkpointer(t.run_dir.checkpoint_dir, create=False).restore(None, abstract)
 
 
 def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
@@ -173,7 +172,7 @@ def targets(s: Setting, slots: int) -> Targets:
             sel = np.flatnonzero(s.mem_mask[k] & (s.y_mem[k] == c))
             if 1 <= len(sel) <= slots:
                 tr = np.zeros((slots,) + shape, np.float32)
-                tr[: len(sel)] = s.x_mem[k, sel].astype(np.float32) / 127.5 - 1.0
+                tr[: len(sel)] = as_float(s.x_mem[k, sel])
                 ks.append(k), cs.append(c), truth.append(tr), tmask.append(np.arange(slots) < len(sel))
     if not ks:
         return Targets(np.zeros(0, int), np.zeros(0, int), np.zeros((0, slots) + shape, np.float32),
@@ -257,7 +256,7 @@ def aggregate(t, s: Setting, num_queries: int, key, seed: int) -> dict:
     against the released sum (checkpoint) and the noiseless sum (recomputed; what the server
     would see under secure aggregation without DP). A non-private run also gets the what-if
     central noise at s.noise_multiplier."""
-    state = checkpoint_state(t, s.cfg)
+    state = t.state()
     ds, mem = t.dataset, t.membership["members"]
     rng = np.random.default_rng(seed + 1)
     mi = rng.choice(mem, min(num_queries, len(mem)), replace=False)
@@ -315,7 +314,68 @@ def _diff(crafted: dict, honest: dict, attack: str, metric: str):
 
 
 def load_uploads(t) -> dict:
-    up = read_uploads(t.run_dir)
+    up = t.uploads()
     if "embedding" not in up or "freq_seed" not in up:
         raise UserError(f"{t.run_dir.path}/uploads.npz is not a DP-MERF upload file (no embedding / freq_seed)")
     return up
+
+
+def _setting(ctx, s: MERFAttackSettings) -> Setting:
+    """The shared setting, built once per invocation; the attacked clients are uploads.npz's
+    when there is one."""
+    def make():
+        uploads = load_uploads(ctx.target) if "uploads" in ctx.target.artefacts() else None
+        return uploads, setting(ctx.target, uploads, s.max_clients, s.merf_epsilon, ctx.seed)
+
+    return ctx.memo("merf_setting", make)
+
+
+def summary(report: dict) -> str:
+    """auc / psnr per view (and per basis), for the progress line."""
+    parts = []
+    for k, v in report.items():
+        if not isinstance(v, dict):
+            continue
+        for m in ("auc", "psnr"):
+            if isinstance(v.get(m), float):
+                parts.append(f"{k}.{m}={v[m]:.3g}")
+        if k not in ("bases", "views", "gain_over_honest") and not {"auc", "psnr"} & set(v):
+            inner = summary(v)
+            parts += [f"{k}.{p}" for p in inner.split(", ") if p]
+    return ", ".join(parts)
+
+
+def _passive(name: str):
+    def attack(ctx, s: MERFAttackSettings, key):
+        uploads, st = _setting(ctx, s)
+        out, grid = passive(st, uploads, key, mia=name == "merf_mia", recon=name == "merf_recon",
+                            rcfg=merf.ReconConfig(steps=s.merf_steps, slots=s.merf_slots))
+        if grid is not None:
+            ctx.save_grid(f"attack_{name}.png", grid_rows(*grid))
+        return out[name]
+
+    return attack
+
+
+_MERF = dict(applies_to={"dp_merf"}, settings=MERFAttackSettings, summary=summary)
+register_attack("merf_mia", needs=("uploads",), help="membership against each client's random-feature upload",
+                **_MERF)(_passive("merf_mia"))
+register_attack("merf_recon", needs=("uploads",), help="MAP reconstruction of one- or few-image class rows of "
+                "an upload (attack_merf_recon.png)", **_MERF)(_passive("merf_recon"))
+
+
+@register_attack("merf_aggregate", needs=("checkpoint",), **_MERF)
+def merf_aggregate(ctx, s: MERFAttackSettings, key):
+    """Membership against the released noisy sum (secure aggregation)."""
+    _, st = _setting(ctx, s)
+    return aggregate(ctx.target, st, ctx.num_queries, key, ctx.seed)
+
+
+@register_attack("merf_active", needs=("checkpoint",), **_MERF)
+def merf_active(ctx, s: MERFAttackSettings, key):
+    """Malicious server: crafted random-Fourier frequencies vs the honest W (attack_merf_active.png)."""
+    _, st = _setting(ctx, s)
+    report, grid = active(st, key, merf.ReconConfig(steps=s.merf_steps, slots=s.merf_slots))
+    if grid is not None:
+        ctx.save_grid("attack_merf_active.png", grid_rows(*grid))
+    return report

@@ -1,4 +1,4 @@
-"""Attacks on what a one-shot server received (RUN_DIR/uploads.npz), for runners/attack.py.
+"""Attacks on what a one-shot server received (RUN_DIR/uploads.npz), for the attack runner.
 
   classifier  DENSE: loss / confidence MIA (Yeom) on each uploaded client classifier; members
               are that client's own examples (membership.npz train_client), non-members are
@@ -9,11 +9,13 @@
   inversion   DENSE: class-score model inversion of each client classifier; each class's
               reconstruction vs the client's nearest member and nearest non-member of that class
               (non-members drawn to match the client's class counts, so neither set is larger)
+              (attack_inversion.png)
   distilled   DOSFL: the uploaded distilled images vs their owner's private examples, against
               class-matched non-members (and "any_class", as for classifier)
 
-Every function takes the rebuilt dataset and membership.npz arrays and returns a JSON-able
-report (plus, for inversion, the reconstructions for a grid).
+The functions below take the rebuilt dataset and membership.npz arrays and return a JSON-able
+report (plus, for inversion, the reconstructions for a grid); the registered attacks at the
+end wire them to an opened run.
 """
 
 from __future__ import annotations
@@ -22,30 +24,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_gen.algorithms import dense
 from fedjax_gen.attacks import distilled_match, membership_classifier, model_inversion
+from fedjax_gen.attacks.images import grid_rows
+from fedjax_gen.attacks.registry import register_attack
+from fedjax_gen.config import option, validated
 from fedjax_gen.errors import UserError
-from fedjax_gen.run_dir import RunDir
 from fedjax_gen.methods.uploads import read_tree_uploads
 
 
-def read_uploads(run_dir: RunDir) -> dict:
-    try:
-        with np.load(run_dir.file("uploads.npz")) as f:
-            return {k: f[k] for k in f.files}
-    except OSError:
-        raise UserError(f"{run_dir.path} has no readable uploads.npz: rerun the experiment with "
-                        "--save-uploads N > 0 (runs made before uploads were saved lack it)") from None
+@validated
+class ClientSettings:
+    max_clients: int = option(50, "classifier/inversion/distilled/merf_*: attack at most this many clients' "
+                              "uploads", min=1)
 
 
-def dense_config(config: dict) -> dense.DENSEConfig:
-    return dense.DENSEConfig(**{**config["dense_config"], "image_shape": tuple(config["dense_config"]["image_shape"])})
+@validated
+class InversionSettings(ClientSettings):
+    inversion_clients: int = option(10, "inversion: clients inverted", min=1)
+    inversion_steps: int = option(300, "inversion: Adam steps per class", min=1)
 
 
-def dense_classifiers(run_dir: RunDir, cfg: dense.DENSEConfig, max_clients: int):
-    """(model, stacked params [C, ...], client ids [C]) of the first max_clients uploads."""
-    model = cfg.classifier("im2col")  # vmapped over per-client weights
-    arrays = read_uploads(run_dir)
+def dense_classifiers(t, max_clients: int):
+    """(model, stacked params [C, ...], client ids [C]) of the run's first max_clients uploads."""
+    model = t.config.classifier("im2col")  # vmapped over per-client weights
+    arrays = t.uploads()
     template = jax.eval_shape(model.init, jax.random.key(0))
     params = read_tree_uploads(arrays, template, under="params")
     n = min(max_clients, len(arrays["client_ids"]))
@@ -115,10 +117,11 @@ def inversion(model, params, client_ids, dataset, owner, nonmembers, key, steps:
             "num_client_classes": int(sum(r["num_classes"] for r in reports)), "steps": steps}, recon
 
 
-def distilled(run_dir: RunDir, dataset, owner, nonmembers, max_clients: int, seed: int) -> dict:
-    """DOSFL: nearest-neighbour report of each attacked client's uploaded images, against
-    class-matched non-members (any_class: the first n_c of one shared held-out set)."""
-    up = read_uploads(run_dir)
+def distilled(up: dict, dataset, owner, nonmembers, max_clients: int, seed: int) -> dict:
+    """DOSFL: nearest-neighbour report of each attacked client's uploaded images (up: uploads.npz),
+    against class-matched non-members (any_class: the first n_c of one shared held-out set)."""
+    if "owner" not in up or "x" not in up:
+        raise UserError("uploads.npz is not a DOSFL upload file (no x / owner): rerun the experiment")
     client_ids = np.unique(up["owner"])[:max_clients]
     if not len(client_ids):
         return {"skipped": "uploads.npz holds no images"}
@@ -134,3 +137,36 @@ def distilled(run_dir: RunDir, dataset, owner, nonmembers, max_clients: int, see
     report["any_class"] = distilled_match.distilled_report(x_up, x_members, m_mask, dataset.x_test[nonmembers],
                                                            distilled_mask=d_mask)
     return {**report, "num_clients": len(client_ids)}
+
+
+def _pool(ctx):
+    """The run's held-out examples in the seed's order: the non-member pool."""
+    return np.random.default_rng(ctx.seed).permutation(ctx.target.membership["nonmembers"])
+
+
+@register_attack("classifier", applies_to={"dense"}, needs=("uploads",), settings=ClientSettings)
+def classifier(ctx, s: ClientSettings, key):
+    """Loss / confidence MIA on the uploaded client classifiers."""
+    t = ctx.target
+    model, params, ids = dense_classifiers(t, s.max_clients)
+    return classifier_mia(model, params, ids, t.dataset, t.membership["train_client"], _pool(ctx),
+                          num_any_class=ctx.num_queries, seed=ctx.seed)
+
+
+@register_attack("inversion", applies_to={"dense"}, needs=("uploads",), settings=InversionSettings)
+def inversion_attack(ctx, s: InversionSettings, key):
+    """Model inversion of the uploaded client classifiers (attack_inversion.png)."""
+    t = ctx.target
+    model, params, ids = dense_classifiers(t, s.max_clients)
+    n = min(s.inversion_clients, len(ids))
+    report, recon = inversion(model, jax.tree.map(lambda a: a[:n], params), ids[:n], t.dataset,
+                              t.membership["train_client"], _pool(ctx), key, s.inversion_steps, ctx.seed)
+    ctx.save_grid("attack_inversion.png", grid_rows(*recon[:8], cols=recon.shape[1]))
+    return report
+
+
+@register_attack("distilled", applies_to={"dosfl"}, needs=("uploads",), settings=ClientSettings)
+def distilled_attack(ctx, s: ClientSettings, key):
+    """Uploaded distilled images vs their owner's private examples."""
+    t = ctx.target
+    return distilled(t.uploads(), t.dataset, t.membership["train_client"], _pool(ctx), s.max_clients, ctx.seed)
