@@ -6,7 +6,7 @@
   fid(real_features [N, F], fake_features [M, F]) -> float
 
 Definition (what `evaluate_synthetic` reports): features are the 128-d penultimate
-activations (ReLU(dense 128) after global average pooling) of a `make_classifier("cnn")`
+activations (ReLU(dense 128) after two strided 5x5 convs, flattened) of a `make_classifier("cnn")`
 trained with `train_classifier` (Adam 1e-3, batch 128, DOMAIN_CLASSIFIER_STEPS steps, seed
 0) on the real *train* split; FID = ||mu_r - mu_s||^2 + Tr(S_r + S_s - 2 (S_r S_s)^{1/2})
 between Gaussians fitted (mean, unbiased covariance) to the real *test* split's features and

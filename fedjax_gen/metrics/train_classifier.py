@@ -1,4 +1,5 @@
-"""Train / evaluate a `Model` classifier on a host uint8 image set (TSTR and FID share it).
+"""Train / evaluate a `Model` classifier on a host uint8 image set (the FID domain classifier;
+the TSTR classifier has its own recipe in recipe.py).
 
   train_classifier(model, x uint8 [N, H, W, C], y int [N], key=..., steps=...) -> params
   evaluate_accuracy(model, params, x uint8 [N, H, W, C], y int [N]) -> float in [0, 1]
@@ -32,7 +33,7 @@ DEFAULT_LEARNING_RATE = 1e-3
 @functools.lru_cache(maxsize=None)
 def cached_classifier(kind: str, image_shape: tuple[int, int, int], num_classes: int) -> Model:
     """make_classifier, memoised: jit caches key on the Model, so reusing one object lets
-    repeated TSTR / FID calls on the same shapes skip recompilation."""
+    repeated FID calls on the same shapes skip recompilation."""
     return make_classifier(kind, tuple(int(s) for s in image_shape), int(num_classes))
 
 
