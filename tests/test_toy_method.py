@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from fedjax_gen import cli
+from fedjax_gen.attacks.metrics import mia_report
+from fedjax_gen.attacks.registry import register_attack
 from fedjax_gen.config import option, validated
 from fedjax_gen.data import load_dataset, subsample, to_float, to_uint8
 from fedjax_gen.federated import FederatedAlgorithm
@@ -78,6 +80,24 @@ class Toy(Method):
         uploads = Uploads(from_round=True, format=lambda outs, state, n: {
             "sums": np.asarray(outs.upload["sums"]), "counts": np.asarray(outs.upload["counts"])})
         return Built(algorithm=toy_algorithm(cfg), synthesize=synthesize, config=cfg, uploads=uploads)
+
+
+@validated
+class ClassMeanSettings:
+    mean_clients: int = option(2, "class_mean: clients whose uploads are attacked", min=1)
+
+
+@register_attack("class_mean", applies_to={"toy"}, needs=("uploads",), settings=ClassMeanSettings, default=False)
+def class_mean(ctx, s: ClassMeanSettings, key):
+    """Membership by distance to the owner's uploaded class mean (toy uploads)."""
+    t, up = ctx.target, ctx.target.uploads()
+    owner, ds = t.membership["train_client"], t.dataset
+    means = up["sums"][: s.mean_clients] / np.maximum(up["counts"][: s.mean_clients], 1)[..., None, None, None]
+    mem = np.flatnonzero((owner >= 0) & (owner < s.mean_clients))
+    dist = lambda x, y, c: -((to_float(x) - means[c, y]) ** 2).reshape(len(x), -1).sum(1)  # noqa: E731
+    non = t.membership["nonmembers"][: len(mem)]
+    return mia_report(dist(ds.x_train[mem], ds.y_train[mem], owner[mem]),
+                      dist(ds.x_test[non], ds.y_test[non], owner[mem][: len(non)]))
 
 
 toy_main = cli.main_for("toy")
@@ -173,3 +193,23 @@ def test_attack_bad_input_is_one_line_exit_2(toy_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert _listing(run) == before and not os.path.exists(f"{run}/attack_results.json")
+
+
+def test_a_new_attack_is_one_registration(toy_run, tmp_path, capsys):
+    """class_mean above is registered in this file only: its flag and help are generated, it
+    applies to toy runs (not by default), and its settings are recorded with its report."""
+    attack.build_parser().print_help()
+    help_text = capsys.readouterr().out
+    assert "--mean-clients" in help_text and "class_mean" in help_text and "clients whose uploads" in help_text
+    run = str(tmp_path / "run")
+    shutil.copytree(toy_run[0], run)
+    res = attack.main(["--run", run, "--attacks", "class_mean", "--mean-clients", "3"])
+    assert 0.0 <= res["attacks"]["class_mean"]["auc"] <= 1.0
+    assert res["settings"] == {"class_mean": {"mean_clients": 3}}
+    os.remove(f"{run}/uploads.npz")
+    capsys.readouterr()
+    assert cli.run(attack.main, ["--run", run, "--attacks", "class_mean"]) == 2
+    err = capsys.readouterr().err
+    assert "uploads.npz" in err and "--save-uploads" in err and len(err.strip().splitlines()) == 1
+    assert cli.run(attack.main, ["--run", run, "--attacks", "class_mean", "--mean-clients", "0"]) == 2
+    assert "--mean-clients must be >= 1" in capsys.readouterr().err
