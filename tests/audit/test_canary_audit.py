@@ -42,3 +42,24 @@ def test_command_writes_audit_json_beside_a_run(tmp_path):
     assert written["epsilon_lower_bound"] == out["epsilon_lower_bound"] < written["reported_epsilon"]
     assert written["reported_epsilon"] == pytest.approx(block["epsilon"]) == written["run_reported_epsilon"]
     assert written["canaries"] == 100
+
+
+@pytest.fixture(scope="module")
+def example_plan():
+    from fedjax_gen.audit.example_canaries import ExampleCanaryAudit, plan_for_audit as example_plan_for
+
+    return example_plan_for(ExampleCanaryAudit(), delta=1e-5, epsilon=CLAIM)
+
+
+@pytest.mark.parametrize("broken", [None, "no_noise", "no_clip"])
+def test_example_level_audit_of_poisson_dp_sgd(example_plan, broken):
+    """Canary examples in one client's DP-SGD (poisson_sum + clipped_grad_sum + noise):
+    below the accountant's epsilon when correct, above it when noise or clipping is off."""
+    from fedjax_gen.audit.example_canaries import ExampleCanaryAudit, run_audit as example_run_audit
+
+    out = example_run_audit(ExampleCanaryAudit(broken=broken), example_plan)
+    assert out["privacy"]["neighboring"] == "add_remove" and out["reported_epsilon"] <= CLAIM
+    if broken is None:
+        assert out["epsilon_lower_bound"] < out["reported_epsilon"]
+    else:
+        assert out["epsilon_lower_bound"] > out["reported_epsilon"], out
