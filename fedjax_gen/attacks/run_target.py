@@ -13,7 +13,6 @@ once and their errors are one line naming the fix.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import typing
 import zipfile
