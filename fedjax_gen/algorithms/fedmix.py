@@ -254,9 +254,10 @@ def run_central(cfg: FedmixConfig, x_uint8, y, multipliers, key, stat_fn=None):
     """The whole method on one data holder (the central reference of the federated sum; the
     federated driver replaces stat_fn with sum_clients). multipliers: per round, 0 = no noise.
     Returns (mixture, list of released vectors)."""
-    b = jnp.asarray(basis(cfg))
-    mask = jnp.ones(y.shape, bool)
-    stat_fn = stat_fn or (lambda model, K: _batched_stat(cfg, b, model, x_uint8, y, mask, K))
+    if stat_fn is None:
+        b = jnp.asarray(basis(cfg))
+        mask = jnp.ones(y.shape, bool)
+        stat_fn = lambda model, K: _batched_stat(cfg, b, model, x_uint8, y, mask, K)
     keys = jax.random.split(key, 2 * cfg.rounds)
     releases = []
     s = stat_fn(None, 1)

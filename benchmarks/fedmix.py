@@ -1,0 +1,69 @@
+"""Fedmix costs: client-side feature extraction + statistic per example (round 1 with the
+second moment, rounds 2-3 with the E-step), server fit (M-step), sampling, and optionally a
+whole federated MNIST run. `python benchmarks/fedmix.py [--examples 2000] [--out FILE]`.
+Timings are steady state (after one compile call), median of --repeats; the machine's load is
+recorded because these numbers are only comparable on an idle machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_gen.algorithms import fedmix as fm
+
+
+def _time(fn, repeats):
+    jax.block_until_ready(fn())  # compile
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--examples", type=int, default=2000)
+    p.add_argument("--components", type=int, default=30)
+    p.add_argument("--dct-k", type=int, default=14)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    cfg = fm.FedmixConfig((28, 28, 1), 10, dct_k=a.dct_k, components=a.components)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (a.examples, 28, 28, 1)).astype(np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, a.examples).astype(np.int32))
+    mask = jnp.ones((a.examples,), bool)
+    b = jnp.asarray(fm.basis(cfg))
+    r1 = jax.jit(lambda x, y, m: fm.client_stat(cfg, b, None, x, y, m, 1))
+    s1 = r1(x, y, mask)
+    model = fm.split(cfg, fm.fit(cfg, s1, 1), jax.random.key(0))
+    r2 = jax.jit(lambda mod, x, y, m: fm.client_stat(cfg, b, mod, x, y, m, cfg.components))
+    s2 = r2(model, x, y, mask)
+    moments = fm.unpack(cfg, s1, 1)[1]
+    fit = jax.jit(lambda s: fm.fit(cfg, s, cfg.components, moments))
+    out = {
+        "load_avg": os.getloadavg(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
+        "dim": cfg.dim, "components": cfg.components, "examples": a.examples,
+        "round1_us_per_example": 1e6 * _time(lambda: r1(x, y, mask), a.repeats) / a.examples,
+        "round2_us_per_example": 1e6 * _time(lambda: r2(model, x, y, mask), a.repeats) / a.examples,
+        "server_fit_s": _time(lambda: fit(s2), a.repeats),
+        "sample_50k_s": _time(lambda: fm.sample(cfg, b, model, np.arange(50000) % 10, jax.random.key(1)), 1),
+        "bytes_up_round1": 4 * fm.stat_size(cfg, 1),
+        "bytes_up_round2": 4 * fm.stat_size(cfg, cfg.components, second=False),
+    }
+    print(json.dumps(out, indent=1))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
