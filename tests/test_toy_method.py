@@ -27,7 +27,7 @@ from fedjax_gen.federated import FederatedAlgorithm
 from fedjax_gen.federated.algorithm import ClientOutput
 from fedjax_gen.methods.base import Built, Method, Uploads, register
 from fedjax_gen.methods.common import balanced_labels
-from fedjax_gen.run_dir import REQUIRED_RESULTS
+from fedjax_gen.run_dir import REQUIRED_RESULTS, RunDir
 from fedjax_gen.runners import attack
 
 
@@ -193,6 +193,16 @@ def test_attack_bad_input_is_one_line_exit_2(toy_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert _listing(run) == before and not os.path.exists(f"{run}/attack_results.json")
+    good = str(tmp_path / "good")
+    shutil.copytree(toy_run[0], good)
+    holder = RunDir(good).lock()  # e.g. a resumed training run, or another attack, writing in it
+    try:
+        assert cli.run(attack.main, ["--run", good]) == 2
+        err = capsys.readouterr().err
+        assert "in use by process" in err and len(err.strip().splitlines()) == 1
+        assert not os.path.exists(f"{good}/attack_results.json")
+    finally:
+        holder.unlock()
 
 
 def test_a_new_attack_is_one_registration(toy_run, tmp_path, capsys):
