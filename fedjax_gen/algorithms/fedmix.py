@@ -19,7 +19,7 @@ Public functions (the lead's driver calls these):
   sum_clients(cfg, basis, model, data, execution) -> summed vector (engine client axis)
   calibrate(cfg, epsilon, delta) -> noise multipliers per round
   release(summed, noise_std, key) -> noisy vector
-  fit(cfg, released, K) -> Mixture       (M-step; round 1 gives K = 1)
+  fit(cfg, released, K, second_moment, moment_noise_std) -> Mixture   (M-step; round 1: K = 1)
   split(cfg, mixture, key) -> Mixture    (round 1 -> K components)
   sample(cfg, basis, mixture, labels, key) -> uint8 images
 """
@@ -58,8 +58,10 @@ class FedmixConfig:
 
     @property
     def dim(self) -> int:
-        return int(ff.dct_basis(self.image_shape[0], self.image_shape[1], self.dct_k).shape[1]) \
-            if self.image_shape[-1] == 1 else _raise("fedmix supports one channel")
+        if self.image_shape[-1] != 1:
+            raise ValueError("fedmix supports one-channel images")
+        h, w = self.image_shape[:2]  # atoms (u, v) with u < H, v < W, u + v < k
+        return sum(max(0, min(w, self.dct_k - u)) for u in range(h))
 
     @property
     def sensitivity(self) -> float:
@@ -74,10 +76,6 @@ class FedmixConfig:
         if self.privacy_unit == "user":
             return float(self.user_clip)
         return math.sqrt(self.count_weight ** 2 + self.mean_weight ** 2 + (1.0 if r == 0 else 0.0))
-
-
-def _raise(msg):
-    raise ValueError(msg)
 
 
 @jax.tree_util.register_dataclass
