@@ -8,7 +8,7 @@ Everything is vmapped over a leading client axis of stacked parameters.
 Under label skew the non-members must match each client's class counts: a model trained on
 two classes has low loss on *any* example of those classes, so against a shared held-out
 set the score mostly detects the client's classes (distribution inference), not membership
-(runners/attack_uploads.py reports both).
+(attacks/upload_runs.py reports both).
 """
 
 from __future__ import annotations
