@@ -101,7 +101,8 @@ def _check_needs(chosen, settings_of, t, has_reference: bool) -> None:
     for need, names in lacking.items():
         raise UserError(_MISSING[need].format(run=t.run_dir.path, names=",".join(names)))
     read = {"synthetic": t.synthetic, "uploads": t.uploads, "checkpoint": t.state}
-    for need in {n for a in chosen for n in a.needs_for(settings_of(a))} & set(read):
+    needed = {n for a in chosen for n in a.needs_for(settings_of(a))}
+    for need in (n for n in read if n in needed):
         read[need]()  # now: a garbage file fails before anything runs (each is read once)
 
 
