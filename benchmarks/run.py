@@ -53,7 +53,7 @@ import torch_reference
 from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig, fedavg
 from fedjax_gen.data.client_data import ClientData
 from fedjax_gen.federated import conv_impl_for, make_round, parse_execution
-from fedjax_gen.federated.execution import _one_client, default_execution
+from fedjax_gen.federated.execution import default_execution, one_client
 from fedjax_gen.models import make_discriminator
 from fedjax_gen.models.base import Model
 from fedjax_gen.privacy import add_gaussian_noise, clipped_grad_sum
@@ -196,7 +196,7 @@ def temp_bytes_of(compiled):
 def client_temp_bytes(algorithm, state, data):
     """XLA's scratch memory of one client's program: a vmap over K clients needs ~K times it
     (the 1000-client vmapped GAN MLP round was OOM-killed at 24 GB before this guard)."""
-    one = _one_client(algorithm.client_update)
+    one = one_client(algorithm.client_update)
     lowered = jax.jit(one).lower(algorithm.broadcast(state), data, jnp.int32(0), jax.random.key(0),
                                  jnp.bool_(True))
     return temp_bytes_of(lowered.compile())
@@ -209,7 +209,7 @@ def physical_memory_bytes():
 def round_flops(algorithm, state, data):
     """XLA's FLOP count of one client program (x clients per round) and the server update."""
     message = algorithm.broadcast(state)
-    one = _one_client(algorithm.client_update)
+    one = one_client(algorithm.client_update)
     key = jax.random.key(0)
     client = flops_of(jax.jit(one).lower(message, data, jnp.int32(0), key, jnp.bool_(True)).compile())
     out = jax.eval_shape(algorithm.client_update, message, jax.tree.map(lambda a: a[0], data), key)
@@ -221,7 +221,7 @@ def round_flops(algorithm, state, data):
 def reference_round(algorithm, clients_per_round):
     """The plain per-client loop: one jitted client update per client, summed on the host
     side with jitted adds, then the jitted server update (all clients participate)."""
-    update = jax.jit(_one_client(algorithm.client_update))
+    update = jax.jit(one_client(algorithm.client_update))
     add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
     server = jax.jit(algorithm.server_update, static_argnums=2)
     keep = jnp.bool_(True)
@@ -372,7 +372,7 @@ def section_precision(args):
         fns = {}
         for name, dt in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
             algorithm = fedavg_algorithm(kind, "xla", compute_dtype=dt)
-            update = jax.jit(_one_client(algorithm.client_update))
+            update = jax.jit(one_client(algorithm.client_update))
             message = algorithm.broadcast(algorithm.init(jax.random.key(0)))
             fns[name] = lambda update=update, message=message: jax.block_until_ready(update(
                 message, data, jnp.int32(0), jax.random.key(1), jnp.bool_(True)))
@@ -421,7 +421,7 @@ def section_vs_torch(args):
 def section_dp_poisson(args):
     """DENSE's DP-SGD step: whole padded client vs buffers of the sampled examples (module doc)."""
     from fedjax_gen.algorithms import dense
-    from fedjax_gen.algorithms.gan import sample_batch
+    from fedjax_gen.algorithms.common import sample_batch
     from fedjax_gen.privacy.sampling import poisson_batch
 
     repeats = 5 if args.quick else 20

@@ -115,6 +115,9 @@ def parse(method_name: str, argv, description: str = "", algorithms: tuple = ())
         return Job(name, **configs), None
     if not given.get("out"):
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+    if not RunDir(given["out"]).exists():
+        raise UserError(f"--resume: {given['out']} is not a fedjax_gen run directory (no config.json): drop "
+                        "--resume to start a new run there")
     saved = read_configs(RunDir(given["out"]))
     if saved.method != name:
         raise UserError(f"--resume: {given['out']} is a {saved.method} run: resume it with its own experiment")
@@ -186,3 +189,76 @@ def experiment(method_name: str, doc: str, algorithms: tuple = ()) -> int:
     """What experiments/<method>.py runs: `sys.exit(cli.experiment("dense", __doc__))`."""
     return run(main_for(method_name, doc.splitlines()[0] if doc else "", algorithms))
 
+
+
+def compare_main(argv=None):
+    """experiments/compare.py: the trade-off study (fedjax_gen/compare/)."""
+    import os
+
+    from fedjax_gen.compare import grid, study
+
+    p = _Parser(description="Compare every registered method on accuracy, similarity, communication, "
+                            "compression and privacy (attacks included).")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--partitions", default="dirichlet:0.1", help="comma-separated partition specs")
+    p.add_argument("--methods", default=None, help=f"comma-separated (default: all registered: "
+                                                   f"{', '.join(methods.names())})")
+    p.add_argument("--budgets", default="none,10,1,0.2", help="epsilons; 'none' is the non-private run")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--scale", default="full", choices=tuple(grid.PRESETS), help="each method's preset size")
+    p.add_argument("--quick", action="store_true", help="a few-minute pass: --scale quick, 1 seed, budgets none,10,1")
+    p.add_argument("--tiny", action="store_true", help="CI's smoke size: --scale tiny, 1 seed, budgets none,10")
+    p.add_argument("--out", default=None, help="study root (default: runs/compare-<dataset>)")
+    p.add_argument("--attack-queries", type=int, default=200)
+    p.add_argument("--no-attack", dest="attack", action="store_false")
+    p.add_argument("--collect", default=None, metavar="ROOT", help="only build the table/plots/report from ROOT")
+    p.add_argument("--job-index", type=int, default=None, help="run only this cell (SLURM array task, local runner)")
+    p.add_argument("--list-jobs", action="store_true", help="print the number of cells and their names")
+    p.add_argument("--slurm", action="store_true", help="write ROOT/sweep.sbatch (a job array over the cells)")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if a.collect:
+        if not os.path.isdir(a.collect):
+            raise UserError(f"--collect {a.collect}: no such directory")
+        return study.write_outputs(a.collect, a.dataset, study.command_line())
+    scale, seeds, budgets = a.scale, a.seeds, a.budgets
+    if a.quick or a.tiny:
+        scale, seeds = ("tiny" if a.tiny else "quick"), 1
+        budgets = "none,10" if a.tiny else "none,10,1"
+    try:
+        budgets = tuple(grid.parse_budgets(budgets))
+    except ValueError as e:
+        raise UserError(f"--budgets: {e} is not 'none' or a positive epsilon") from None
+    names = tuple(m.strip() for m in a.methods.split(",")) if a.methods else tuple(methods.names())
+    for m in names:
+        methods.get(m)
+    if a.seeds < 1 or a.clients < 1:
+        raise UserError("--seeds and --clients must be >= 1")
+    s = study.Study(root=a.out or os.path.join("runs", f"compare-{a.dataset}"), dataset=a.dataset, clients=a.clients,
+                    partitions=tuple(x.strip() for x in a.partitions.split(",")), methods=names, budgets=budgets,
+                    seeds=seeds, scale=scale, data_dir=a.data_dir, max_train=a.max_train,
+                    attack_queries=a.attack_queries, attack=a.attack)
+    cells = s.cells()
+    if a.list_jobs:
+        print(len(cells))
+        print("\n".join(c.name for c in cells))
+        return None
+    if a.slurm:
+        os.makedirs(s.root, exist_ok=True)
+        argv_clean = [x for x in (sys.argv[1:] if argv is None else argv) if x != "--slurm"]
+        path = os.path.join(s.root, "sweep.sbatch")
+        with open(path, "w") as f:
+            f.write(study.slurm_script(argv_clean, len(cells), s.root))
+        print(f"wrote {path}: sbatch it, then python experiments/compare.py --collect {s.root}")
+        return None
+    if a.job_index is not None:
+        if not 0 <= a.job_index < len(cells):
+            raise UserError(f"--job-index {a.job_index} outside 0..{len(cells) - 1} (see --list-jobs)")
+        os.makedirs(s.root, exist_ok=True)
+        print(f"{cells[a.job_index].name}: {study.run_cell(s, cells[a.job_index])}")
+        return None
+    out = study.run_study(s, study.command_line())
+    print(f"wrote {s.root}/comparison.md, comparison.csv, report.html and plots/ ({len(out['rows'])} runs)")
+    return out

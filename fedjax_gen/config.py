@@ -80,16 +80,17 @@ def from_dict(cls, d: dict):
 
 def validated(cls):
     """Class decorator: frozen dataclass whose options are checked on construction."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    post = getattr(cls, "__post_init__", None)
+    post = cls.__dict__.get("__post_init__")
 
     def __post_init__(self):
         validate_fields(self)
         if post is not None:
             post(self)
 
+    # Set before dataclass() runs: its generated __init__ calls __post_init__ only if the
+    # class has one at decoration time.
     cls.__post_init__ = __post_init__
-    return cls
+    return dataclasses.dataclass(frozen=True)(cls)
 
 
 @validated
@@ -127,7 +128,8 @@ class RunConfig:
                           resumable=True)
     from_checkpoint: typing.Optional[str] = option(None, "fork: start from another run's checkpoint with "
                                                    "these flags (RUN_DIR[:STEP])")
-    num_synthetic: int = option(2000, "size of synthetic.npz", min=1, resumable=True)
+    num_synthetic: int = option(2000, "size of synthetic.npz (0: all a method has, where it keeps uploads)", min=0,
+                                resumable=True)
     tstr_steps: typing.Optional[int] = option(None, "classifier steps for TSTR (default: metrics' own)", min=1,
                                               resumable=True)
     fid_classifier_steps: int = option(1000, "training steps of the FID domain classifier (cached per dataset "

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_gen.algorithms.gan import sample_batch
+from fedjax_gen.algorithms.common import sample_batch
 from fedjax_gen.data.client_data import to_float
 from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm
 from fedjax_gen.models import make_classifier, make_generator

@@ -52,7 +52,10 @@ def privatize_delta(dp, delta, key):
     if dp.mode != "user":
         return delta, {}
     clipped, norm = clip_by_global_norm(delta, dp.clip)
-    metrics = {"delta_norm": norm, "clipped_fraction": (norm > dp.clip).astype(jnp.float32)}
+    finite = jnp.isfinite(norm)
+    metrics = {"delta_norm": jnp.where(finite, norm, 0.0),
+               "clipped_fraction": ((norm > dp.clip) & finite).astype(jnp.float32),
+               "nonfinite_deltas": (~finite).astype(jnp.float32)}  # zeroed by the clip, counted here
     if dp.distributed_noise:
         share = dp.noise_multiplier * dp.clip / dp.noise_shares**0.5
         clipped = add_gaussian_noise(clipped, share, key)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_gen.algorithms.gan import local_loop, masked_mean, sample_batch
+from fedjax_gen.algorithms.common import local_loop, masked_mean, sample_batch
 from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, tree_scale, tree_sub, weighted_mean
 from fedjax_gen.models.base import Model
 

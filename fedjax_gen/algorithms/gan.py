@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_gen.data.client_data import to_float
+from fedjax_gen.algorithms.common import local_loop, make_optimizer, masked_mean, sample_batch  # noqa: F401
 from fedjax_gen.models import make_discriminator, make_generator
 from fedjax_gen.privacy.dp_config import DPConfig
 
@@ -84,29 +84,6 @@ def broadcast(state: GANState) -> dict:
     return {"gen": state.gen, "disc": state.disc}
 
 
-def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
-    if name == "adam":
-        return optax.adam(lr, b1=0.5, b2=0.999)
-    if name == "sgd":
-        return optax.sgd(lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
-
-
-def sample_batch(client, key, batch_size: int):
-    """A minibatch without replacement from one client's real examples.
-
-    client: ClientData leaves without client axis (x [N, H, W, C] uint8, y [N], mask [N]).
-    Returns x [b, H, W, C] float in [-1, 1], y [b], mask [b] with b = min(batch_size, N);
-    when the client has fewer than b examples, the batch holds each once and is masked.
-    Each example appears at most once per batch (what DP-SGD's sensitivity assumes).
-    """
-    n = client.mask.shape[0]
-    b = min(batch_size, n)
-    scores = jnp.where(client.mask, jax.random.uniform(key, (n,)), 2.0)
-    pos = jnp.argsort(scores)[:b]
-    return to_float(client.x[pos]), client.y[pos], client.mask[pos]
-
-
 def sample_latent(cfg: GANConfig, key, batch_size: int):
     kz, ky = jax.random.split(key)
     z = jax.random.normal(kz, (batch_size, cfg.latent_dim))
@@ -126,22 +103,10 @@ def disc_example_loss(cfg: GANConfig, disc, x_real, y_real, x_fake, y_fake):
     return jax.nn.softplus(-real) + jax.nn.softplus(fake)
 
 
-def masked_mean(values, mask):
-    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-
-
 def gen_loss(cfg: GANConfig, gen, disc, key, batch_size):
     z, y = sample_latent(cfg, key, batch_size)
     fake = cfg.generator.apply(gen, z, y)
     return jnp.mean(jax.nn.softplus(-cfg.discriminator.apply(disc, fake, y)))
-
-
-def local_loop(step, carry, key, num_steps: int, unroll: bool):
-    """num_steps of `step(carry, key) -> (carry, metric)`; returns (carry, mean metric)."""
-    carry, metric = jax.lax.scan(
-        step, carry, jax.random.split(key, num_steps), unroll=num_steps if unroll else 1
-    )
-    return carry, jnp.mean(metric, axis=0)
 
 
 def gen_steps_on_server(cfg: GANConfig, gen, gen_opt, disc, key, num_steps, optimizer):

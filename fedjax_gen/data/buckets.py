@@ -21,7 +21,7 @@ examples, same order, mask False after), so any client function that only sees i
 through the mask gives the same result, up to float rounding (XLA picks kernels per shape,
 so float ops over [N, ...] may round differently in the last ulp). Everything discrete is
 identical, provided functions that look at N itself see the same values:
-`gan.sample_batch` takes b = min(batch_size, N) and scores positions with uniform(key, (N,)).
+`algorithms.common.sample_batch` takes b = min(batch_size, N) and scores positions with uniform(key, (N,)).
 Flooring every bucket at min_length = batch_size keeps b, and threefry's partitionable
 random bits (jax's default) are prefix-stable, uniform(key, (L,)) == uniform(key, (N,))[:L]
 (`rng_prefix_stable` checks it), so the stable argsort picks the same positions; Poisson

@@ -15,7 +15,8 @@ from fedjax_gen.federated.engine import (
     sample_clients,
     scan_rounds,
 )
-from fedjax_gen.federated.execution import Execution, conv_impl_for, default_execution, parse_execution
+from fedjax_gen.federated.execution import Execution, default_execution, parse_execution
+from fedjax_gen.models.conv_impl import conv_impl_for  # re-exported: chosen per execution strategy
 from fedjax_gen.federated.mesh import client_mesh, client_sharding, replicated
 
 __all__ = [

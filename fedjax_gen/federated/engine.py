@@ -32,6 +32,28 @@ from fedjax_gen.federated.mesh import round_up
 from fedjax_gen.privacy.capacity import poisson_capacity
 
 
+def round_keys(key):
+    """A round's (sampling, clients, server) keys from its round key."""
+    return tuple(jax.random.split(key, 3))
+
+
+def client_keys(k_clients, ids):
+    """Client i's key is fold_in(k_clients, i): the same whatever the strategy, padding or
+    device count. Whoever recomputes a client's upload (attacks, uploads.npz) uses this."""
+    return jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
+
+
+def client_uploads(algorithm: FederatedAlgorithm, message, data: ClientData, ids, round_key):
+    """What clients `ids` (rows of `data`, in that order) sent in the round with key
+    `round_key` and broadcast `message`: their ClientOutputs stacked [len(ids)], recomputed
+    one client at a time with the round's own client keys, so a saved upload is the one in
+    the released sum."""
+    _, k_clients, _ = round_keys(round_key)
+    keys = client_keys(k_clients, jnp.asarray(ids, jnp.int32))
+    one = lambda a: algorithm.client_update(message, a[0], a[1])
+    return jax.jit(lambda d, k: jax.lax.map(one, (d, k)))(jax.tree.map(jnp.asarray, data), keys)
+
+
 CLIENT_SAMPLING = ("fixed", "poisson")
 # Default overflow probability per round of a Poisson cohort's capacity when no privacy plan
 # chooses it (non-DP runs): a DP plan sizes it against delta instead (privacy/capacity.py).
@@ -95,6 +117,7 @@ def make_round(
     mesh=None,
     example_state=None,
     example_data: ClientData | BucketedClientData | None = None,
+    reduce: str = "sum",
     client_sampling: str = "fixed",
     client_capacity: int | None = None,
 ) -> Round:
@@ -105,11 +128,21 @@ def make_round(
     DEFAULT_OVERFLOW_PROBABILITY per round; a DP run passes its plan's `client_capacity`),
     and server_update still receives num_sampled = K, the expected cohort size: a fixed
     normaliser, so a DP mean's sensitivity does not depend on the realised cohort.
-    Bytes are per expected cohort (K clients)."""
+    Bytes are per expected cohort (K clients).
+
+    reduce: "sum" adds the sampled clients' ClientOutputs (masked clients and clients
+    whose upload is not finite contribute exactly 0; the latter are counted in the round's
+    metrics as `nonfinite_clients`); "stack" hands server_update every sampled client's
+    ClientOutput stacked on a leading axis [K] (one-shot methods whose server needs each
+    upload: DENSE's ensemble, DOSFL's images)."""
+    if reduce not in ("sum", "stack"):
+        raise ValueError(f"reduce must be 'sum' or 'stack', got {reduce!r}")
     if client_sampling not in CLIENT_SAMPLING:
         raise ValueError(f"client_sampling must be 'fixed' or 'poisson', got {client_sampling!r}")
     rate = clients_per_round / num_clients
     poisson = client_sampling == "poisson" and rate < 1.0  # q = 1 samples everyone either way
+    if poisson and reduce == "stack":
+        raise ValueError("reduce='stack' needs a fixed cohort; use client_sampling='fixed'")
     capacity = clients_per_round
     if poisson:
         capacity = client_capacity or poisson_capacity(num_clients, rate, DEFAULT_OVERFLOW_PROBABILITY)
@@ -118,26 +151,35 @@ def make_round(
     unit = n_dev if execution.kind == "vmap" else execution.chunk
     padded = round_up(capacity, unit)
 
-    if execution.kind == "vmap":
+    if reduce == "stack":
+        mapper = ex.map_clients(algorithm.client_update, execution, mesh)
+        summer = lambda message, data, ids, keys, keep: mapper(message, data, ids[:clients_per_round],
+                                                               keys[:clients_per_round])
+    elif execution.kind == "vmap":
         summer = ex.vmap_sum(algorithm.client_update, mesh)
     else:
         summer = ex.chunked_sum(algorithm.client_update, execution.chunk, mesh)
 
     def prepare(state, key):
-        k_sample, k_clients, k_server = jax.random.split(key, 3)
+        k_sample, k_clients, k_server = round_keys(key)
         if poisson:
             ids, keep = sample_clients_poisson(k_sample, num_clients, rate, capacity, padded)
         else:
             ids, keep = sample_clients(k_sample, num_clients, clients_per_round, padded)
-        keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
-        return algorithm.broadcast(state), ids, keys, keep, k_server
+        return algorithm.broadcast(state), ids, client_keys(k_clients, ids), keep, k_server
 
     def finish(state, summed, k_server):
         state, metrics = algorithm.server_update(state, summed, clients_per_round, k_server)
-        client_metrics = {k: v / clients_per_round for k, v in summed.metrics.items()}
+        if reduce == "stack":
+            client_metrics = {k: jnp.mean(v) for k, v in summed.metrics.items()}
+        else:
+            client_metrics = {k: v / clients_per_round for k, v in summed.metrics.items()
+                              if k != ex.NONFINITE}
+            if ex.NONFINITE in summed.metrics:  # a count, not a mean
+                client_metrics[ex.NONFINITE] = summed.metrics[ex.NONFINITE]
         return state, {**client_metrics, **metrics}
 
-    if execution.kind == "vmap":
+    if execution.kind == "vmap" and reduce == "sum":
 
         def step_fn(state, data, key):
             if isinstance(data, BucketedClientData):
@@ -163,7 +205,9 @@ def make_round(
         one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), example_data)
         out = jax.eval_shape(algorithm.client_update, message, one, jax.random.key(0))
         bytes_down = clients_per_round * _tree_bytes(message)
-        bytes_up = clients_per_round * (_tree_bytes(out.upload) + _tree_bytes(out.weight))
+        # A stacked round's server reads the uploads only; a summed one also needs the weights.
+        weight_bytes = _tree_bytes(out.weight) if reduce == "sum" else 0
+        bytes_up = clients_per_round * (_tree_bytes(out.upload) + weight_bytes)
     return Round(step, execution, clients_per_round, padded, bytes_up, bytes_down,
                  client_sampling if poisson else "fixed", capacity)
 

@@ -47,17 +47,6 @@ class Execution:
         return self.kind == "vmap" or self.chunk > 1
 
 
-def conv_impl_for(execution: Execution, backend: str | None = None, *, rolled: bool = False) -> str:
-    """The conv lowering for per-client weights under `execution`. Vmapped per-client convs
-    lower to grouped convolutions on XLA:CPU (~80x slower), so batched clients use im2col
-    there. Unbatched clients keep XLA's conv (1.2x faster than im2col for the unrolled DCGAN
-    discriminator step), unless `rolled`: convs whose gradients run inside a rolled
-    `lax.scan` (DENSE's 50 local steps) took 5.4x longer per client with XLA's conv than
-    with im2col on XLA:CPU (benchmarks/README.md)."""
-    backend = backend or jax.default_backend()
-    return "im2col" if backend == "cpu" and (execution.batched or rolled) else "xla"
-
-
 def parse_execution(spec: str, num_devices: int = 1) -> Execution:
     """'vmap' | 'loop' | 'chunked:N' | 'auto' (auto is resolved by default_execution)."""
     if spec == "vmap":
@@ -97,7 +86,7 @@ def _finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)] or [jnp.bool_(True)]))
 
 
-def _one_client(client_update):
+def one_client(client_update):
     """One sampled client's output, zeroed when masked, and also zeroed (weight included)
     when its upload or weight is not finite: one NaN client must not poison the sum. Such
     clients are counted in metrics[NONFINITE]."""
@@ -114,7 +103,7 @@ def _one_client(client_update):
 
 def vmap_sum(client_update, mesh=None):
     """Traceable: (message, data, ids [K], keys [K], keep [K]) -> summed ClientOutput."""
-    one = _one_client(client_update)
+    one = one_client(client_update)
     mapped = jax.vmap(one, in_axes=(None, None, 0, 0, 0), spmd_axis_name=CLIENTS if mesh else None)
 
     def run(message, data, ids, keys, keep):
@@ -137,7 +126,7 @@ def chunked_sum(client_update, chunk: int, mesh=None):
     if chunk == 1:
         # One client per call, no vmap at all: a size-1 vmap still batches every op, and
         # on XLA:CPU the batched client program measured 5-10x slower per client.
-        one = _one_client(client_update)
+        one = one_client(client_update)
         inner = lambda m, d, ids, keys, keep: one(m, d, ids[0], keys[0], keep[0])
     else:
         inner = vmap_sum(client_update, mesh)

@@ -12,7 +12,7 @@ import jax
 from fedjax_gen.algorithms import dense
 from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
-from fedjax_gen.federated import conv_impl_for
+from fedjax_gen.models.conv_impl import conv_impl_for
 from fedjax_gen.methods.base import Built, BuildContext, Method, ServerPhase, Uploads, register
 from fedjax_gen.methods.common import check_one_shot_privacy, generator_synthesizer
 from fedjax_gen.methods.uploads import tree_arrays

@@ -11,7 +11,7 @@ import numpy as np
 from fedjax_gen.algorithms import dosfl
 from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
-from fedjax_gen.federated import conv_impl_for
+from fedjax_gen.models.conv_impl import conv_impl_for
 from fedjax_gen.methods.base import Built, BuildContext, Method, Uploads, register
 from fedjax_gen.methods.common import check_one_shot_privacy
 from fedjax_gen.privacy.config import Mechanism, plan_for

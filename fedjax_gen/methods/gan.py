@@ -8,7 +8,7 @@ import math
 from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
 from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
-from fedjax_gen.federated import conv_impl_for
+from fedjax_gen.models.conv_impl import conv_impl_for
 from fedjax_gen.methods.base import Built, BuildContext, Method, register
 from fedjax_gen.methods.common import generator_synthesizer
 from fedjax_gen.privacy.config import Mechanism, plan_for
@@ -48,7 +48,7 @@ class _FederatedGAN(Method):
         mechanism = Mechanism(
             self.name, self.units, rounds=o.rounds, clients_per_round=o.clients_per_round,
             local_steps=o.local_steps if p.unit == "example" else 1, batch_size=o.batch_size,
-            steps_param="rounds",
+            steps_param="rounds", example_sampling="without_replacement",  # algorithms.common.sample_batch
             description=("DP-FedAvg: each sampled client's update clipped to S, Gaussian noise on the sum "
                          "(add/remove one client)" if p.unit == "user" else
                          "DP-SGD in every sampled client: per-example clipped gradient sums + Gaussian noise "

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import dp_accounting
 import numpy as np
 
-from fedjax_gen.errors import UserError
+from fedjax_gen.errors import UnreachableBudget, UserError
 
 ACCOUNTANTS = ("rdp", "pld")
 PRIVACY_UNITS = ("example", "user")
@@ -130,7 +130,7 @@ def calibrate_noise_multiplier(
     rdp_eps, pld_eps = functools.lru_cache(None)(rdp_eps), functools.lru_cache(None)(pld_eps)
     eps = rdp_eps if accountant == "rdp" else pld_eps
     if eps(max_noise_multiplier) > target_epsilon:
-        raise UserError(
+        raise UnreachableBudget(
             f"epsilon {target_epsilon} is unreachable in {steps} steps at sampling rate "
             f"{sampling_rate:.3g} (needs noise multiplier > {max_noise_multiplier:g}): "
             "raise --epsilon or lower --rounds"
@@ -433,12 +433,12 @@ def calibrate(epsilon_of: Callable[[float], float], target_epsilon: float, tol: 
     """Smallest-ish z with target * (1 - tol) <= epsilon_of(z) <= target, for any
     decreasing epsilon_of (a plan's whole-run epsilon). `search_epsilon_of`, when given, is
     a cheaper pessimistic version (coarse PLD grid) used for the search; the answer is then
-    raised until the exact epsilon_of is within the target. Raises UserError ("unreachable")."""
+    raised until the exact epsilon_of is within the target. Raises UnreachableBudget."""
     if not target_epsilon > 0:
         raise UserError(f"epsilon must be > 0, got {target_epsilon}; choose a positive --epsilon")
     search = functools.lru_cache(None)(search_epsilon_of or epsilon_of)
     if search(max_noise_multiplier) > target_epsilon:
-        raise UserError(f"epsilon {target_epsilon} is unreachable (needs noise multiplier > "
+        raise UnreachableBudget(f"epsilon {target_epsilon} is unreachable (needs noise multiplier > "
                                 f"{max_noise_multiplier:g}): raise --epsilon or lower --rounds")
     lo, hi = _bracket(search, target_epsilon, 1.0, 2.0, max_noise_multiplier)
     z = _solve(search, target_epsilon, tol, lo, hi)

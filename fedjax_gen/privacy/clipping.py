@@ -75,11 +75,14 @@ def clip_by_global_norm(tree: PyTree, clip) -> tuple[PyTree, jax.Array]:
     """Scales `tree` so its global L2 norm is <= clip.
 
     Returns (tree * min(1, clip / (norm + tiny)), norm) with norm the pre-clip global norm.
+    A non-finite tree (norm NaN or inf) is replaced by zeros, not scaled: inf * 0 would be
+    NaN, and zeros keep the bound (||0|| <= clip) that the sensitivity analysis needs.
     """
     _check_clip(clip)
     norm = optax.tree.norm(tree)
-    scale = jnp.minimum(1.0, clip / (norm + _TINY))
-    return jax.tree.map(lambda x: (scale * x).astype(x.dtype), tree), norm
+    finite = jnp.isfinite(norm)
+    scale = jnp.where(finite, jnp.minimum(1.0, clip / (norm + _TINY)), 0.0)
+    return jax.tree.map(lambda x: jnp.where(finite, scale * x, 0.0).astype(x.dtype), tree), norm
 
 
 def _batch_size(batch: PyTree) -> int:

@@ -35,6 +35,9 @@ class PrivacyConfig:
     delta: float = option(1e-5, "target delta", gt=0.0, lt=1.0)
     accountant: str = option("rdp", "privacy accountant", choices=("rdp", "pld"))
     distributed_noise: bool = option(False, "each client adds its share of the noise instead of the server")
+    sampling: str = option("poisson", "how DP rounds draw their clients: poisson (each client independently "
+                           "with probability K/N, add/remove adjacency) | fixed (K of N without replacement, "
+                           "accounted as such under replace-one adjacency)", choices=("poisson", "fixed"))
 
     def __post_init__(self):
         if self.epsilon is not None and self.noise_multiplier is not None:
@@ -74,6 +77,7 @@ class Mechanism:
     sensitivity: float = 1.0
     steps_param: str = "rounds"
     description: str = ""
+    example_sampling: str = "poisson"  # how a client draws its minibatches: "poisson" | "without_replacement"
 
 
 def plan_for(privacy: PrivacyConfig, mechanism: Mechanism, counts: np.ndarray) -> PrivacyPlan | None:
@@ -97,7 +101,9 @@ def plan_for(privacy: PrivacyConfig, mechanism: Mechanism, counts: np.ndarray) -
         plan = make_plan(privacy.unit, rounds=mechanism.rounds, local_steps=mechanism.local_steps, clients=clients,
                          clients_per_round=cohort, client_counts=counts, batch_size=batch, delta=privacy.delta,
                          accountant=privacy.accountant, noise_multiplier=privacy.noise_multiplier,
-                         epsilon=privacy.epsilon)
+                         epsilon=privacy.epsilon,
+                         client_sampling="poisson" if privacy.sampling == "poisson" else "without_replacement",
+                         example_sampling=mechanism.example_sampling, distributed_noise=privacy.distributed_noise)
     except UnreachableBudget:
         raise UnreachableBudget(_unreachable(privacy, mechanism, counts, batch)) from None
     spent = plan.report(mechanism.rounds)["epsilon"]

@@ -42,7 +42,7 @@ import math
 
 import numpy as np
 
-from fedjax_gen.errors import UserError
+from fedjax_gen.errors import UnreachableBudget, UserError
 from fedjax_gen.privacy import accounting, capacity
 
 SAMPLINGS = accounting.SAMPLINGS
@@ -234,10 +234,8 @@ def make_plan(
             search = lambda z: plan.final_epsilon(z, pld_discretization=10 * accounting.PLD_DISCRETIZATION)
         try:
             z = accounting.calibrate(plan.final_epsilon, epsilon, search_epsilon_of=search)
-        except UserError as e:
-            if "unreachable" not in str(e):
-                raise
-            raise UserError(
+        except UnreachableBudget:
+            raise UnreachableBudget(
                 f"epsilon {epsilon} is unreachable for {unit}-level DP in {rounds} rounds "
                 f"(worst client rate {q:.3g}, client rate {p:.3g}): raise --epsilon or lower --rounds"
             ) from None

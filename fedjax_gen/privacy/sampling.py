@@ -1,7 +1,7 @@
 """Poisson subsampling of one client's padded examples: the sampling the accountant analyses.
 
 `accounting` composes PoissonSampledDpEvent(q, Gaussian(sigma)) under add/remove-one: every
-example enters a step's batch independently with probability q. `gan.sample_batch` instead
+example enters a step's batch independently with probability q. `algorithms.common.sample_batch` instead
 draws a fixed-size batch without replacement; dp-accounting analyses that only under the
 replace-one relation (SampledWithoutReplacementDpEvent, RDP only), whose epsilons are not
 comparable with the add/remove ones every other runner reports (replace-one is roughly

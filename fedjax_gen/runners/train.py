@@ -56,8 +56,9 @@ def default_out(name: str) -> str:
 
 
 def _jsonable(cfg) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["image_shape"] = list(cfg.image_shape)
+    d = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg or {})
+    if "image_shape" in d:
+        d["image_shape"] = list(d["image_shape"])
     return d
 
 
@@ -68,6 +69,8 @@ def _finite(tree) -> bool:
 
 def _check_run(job: Job, built) -> None:
     run, perf = job.run, job.performance
+    if job.privacy.private and built.plan is None:
+        raise InvalidValue("unit", f"{job.method} implements no {job.privacy.unit}-level DP: drop {{unit}}")
     if run.num_synthetic == 0 and not methods.get(job.method).run_defaults.get("num_synthetic", 1) == 0:
         raise InvalidValue("num_synthetic", "{num_synthetic} must be >= 1 for a generator")
     if perf.rounds_per_call > 1:
@@ -105,9 +108,11 @@ class _Session:
         self.data = self.fed.clients_for(self.execution, min_length=self.built.min_length, bucket=perf.bucket)
         self.num_clients = len(self.fed.parts)
         self.cohort = self.built.clients_per_round or self.num_clients
+        # A DP run draws its clients as its plan accounts them (Poisson by default).
+        sampling = self.built.plan.round_sampling if self.built.plan is not None else {}
         self.round = make_round(self.built.algorithm, num_clients=self.num_clients, clients_per_round=self.cohort,
                                 execution=self.execution, mesh=self.mesh, example_state=self.state,
-                                example_data=self.data, reduce=self.built.reduce)
+                                example_data=self.data, reduce=self.built.reduce, **sampling)
         phase = self.built.server_phase
         self.total = self.built.rounds + (phase.steps if phase else 0)
 

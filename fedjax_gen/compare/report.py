@@ -1,0 +1,191 @@
+"""The comparison's outputs: comparison.csv (every run), comparison.md (mean +- std over
+seeds, one table per dataset/partition), plots (matplotlib) and one self-contained
+report.html with the table, the plots and a readable sample grid per method."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import math
+import os
+
+import numpy as np
+
+from fedjax_gen.compare.collect import COLUMNS
+
+
+def write_csv(rows, path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def _pm(mean, std, fmt="{:.3f}"):
+    if mean is None:
+        return "-"
+    return fmt.format(mean) + ("" if not std else " ± " + fmt.format(std))
+
+
+def _eps(e):
+    return "none" if e is None else f"{e:g}"
+
+
+def markdown(agg, dataset: str) -> str:
+    lines = [f"# Comparison on {dataset}", ""]
+    for part in sorted({a["partition"] for a in agg}):
+        lines += [f"## partition {part}", "",
+                  "| method | epsilon | seeds | TSTR (CNN) | TSTR (logreg) | real ceiling | FID | uplink / client |"
+                  " strongest attack AUC | TPR@1%FPR | wall s | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for a in [a for a in agg if a["partition"] == part]:
+            up = a["bytes_up_per_client"]
+            lines.append(
+                f"| {a['method']} | {_eps(a['epsilon'])} | {a['seeds']} | "
+                f"{_pm(a['tstr_accuracy'], a['tstr_accuracy_std'])} | {_pm(a['tstr_logreg'], a['tstr_logreg_std'])} | "
+                f"{_pm(a['real_ceiling'], None)} | {_pm(a['fid'], a['fid_std'], '{:.1f}')} | "
+                f"{'-' if up is None else f'{up / 1e3:.1f} KB'} | {_pm(a['attack_auc'], a['attack_auc_std'])} | "
+                f"{_pm(a['attack_tpr_at_1pct_fpr'], None)} | {_pm(a['wall_seconds'], None, '{:.0f}')} | "
+                f"{a['status']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def pareto(points):
+    """Indices of the points not dominated in (higher accuracy, lower cost)."""
+    keep = []
+    for i, (c, a) in enumerate(points):
+        if not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for j, (c2, a2) in enumerate(points) if j != i):
+            keep.append(i)
+    return keep
+
+
+def plots(agg, out_dir: str) -> dict:
+    """PNG plots; returns {name: path}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [a for a in agg if a["status"] == "ok" and a["tstr_accuracy"] is not None]
+    methods = sorted({a["method"] for a in ok})
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    paths = {}
+
+    def save(fig, name):
+        path = os.path.join(out_dir, f"{name}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths[name] = path
+
+    # accuracy vs epsilon (non-private drawn at the right edge)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    finite = [a["epsilon"] for a in ok if a["epsilon"] is not None]
+    right = (max(finite) * 3) if finite else 100.0
+    for m in methods:
+        pts = sorted(((a["epsilon"] if a["epsilon"] is not None else right), a["tstr_accuracy"],
+                      a["tstr_accuracy_std"] or 0) for a in ok if a["method"] == m)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", label=m,
+                    color=colors[m], capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"epsilon (rightmost point: no DP, drawn at {right:g})")
+    ax.set_ylabel("TSTR accuracy")
+    ax.legend(fontsize=8)
+    save(fig, "accuracy_vs_epsilon")
+
+    # accuracy vs uplink bytes per client, Pareto frontier marked
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [(a["bytes_up_per_client"], a["tstr_accuracy"]) for a in ok if a["bytes_up_per_client"]]
+    front = set(pareto(pts))
+    labelled = [a for a in ok if a["bytes_up_per_client"]]
+    for i, a in enumerate(labelled):
+        ax.scatter(a["bytes_up_per_client"], a["tstr_accuracy"], color=colors[a["method"]],
+                   marker="*" if i in front else "o", s=120 if i in front else 40,
+                   label=a["method"] if a is next(b for b in labelled if b["method"] == a["method"]) else None)
+        ax.annotate(_eps(a["epsilon"]), (a["bytes_up_per_client"], a["tstr_accuracy"]), fontsize=7)
+    fp = sorted(pts[i] for i in front)
+    if fp:
+        ax.plot([p[0] for p in fp], [p[1] for p in fp], "k--", lw=0.8, label="Pareto frontier")
+    ax.set_xscale("log")
+    ax.set_xlabel("uplink bytes per client (log)")
+    ax.set_ylabel("TSTR accuracy")
+    ax.legend(fontsize=8)
+    save(fig, "accuracy_vs_uplink")
+
+    # strongest attack vs accuracy
+    for key, label, name in (("attack_auc", "strongest attack AUC", "attack_auc_vs_accuracy"),
+                             ("attack_tpr_at_1pct_fpr", "strongest attack TPR@1%FPR", "attack_tpr_vs_accuracy")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for a in ok:
+            if a[key] is not None:
+                ax.scatter(a["tstr_accuracy"], a[key], color=colors[a["method"]])
+                ax.annotate(f"{a['method']} {_eps(a['epsilon'])}", (a["tstr_accuracy"], a[key]), fontsize=7)
+        if key == "attack_auc":
+            ax.axhline(0.5, color="grey", lw=0.8)
+        ax.set_xlabel("TSTR accuracy")
+        ax.set_ylabel(label)
+        save(fig, name)
+
+    # accuracy vs compression ratio
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for a in ok:
+        ax.scatter(a["compression_ratio"] or 1.0, a["tstr_accuracy"], color=colors[a["method"]])
+        ax.annotate(f"{a['method']} {_eps(a['epsilon'])}", (a["compression_ratio"] or 1.0, a["tstr_accuracy"]),
+                    fontsize=7)
+    ax.set_xlabel("uplink compression ratio (uncompressed / sent bytes)")
+    ax.set_ylabel("TSTR accuracy")
+    save(fig, "accuracy_vs_compression")
+    return paths
+
+
+def sample_grid(run_dir: str, out_path: str, per_class: int = 8, min_pixels: int = 48) -> str | None:
+    """The run's synthetic samples, one row per class, upscaled so a digit is >= min_pixels."""
+    from fedjax_gen.viz import class_grid, save_grid
+
+    path = os.path.join(run_dir, "synthetic.npz")
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as f:
+        x, y = f["x"], f["y"]
+    k = int(max(y.max(initial=0) + 1, 1))
+    scale = max(1, math.ceil(min_pixels / x.shape[1]))
+    save_grid(out_path, class_grid(x, y, k, per_class), scale=scale)
+    return out_path
+
+
+def _img(path: str) -> str:
+    data = base64.b64encode(open(path, "rb").read()).decode()
+    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
+
+
+def html(markdown_text: str, plot_paths: dict, grids: dict, path: str, command: str) -> None:
+    """One self-contained HTML file (images inlined)."""
+    import html as h
+
+    rows, body = markdown_text.splitlines(), []
+    table = []
+    for line in rows + [""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            cells = [[c.strip() for c in t.strip("|").split("|")] for t in table if not set(t) <= set("|-")]
+            body.append("<table border=1 cellpadding=4 style='border-collapse:collapse'>" + "".join(
+                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{h.escape(c)}</{'th' if i == 0 else 'td'}>"
+                                 for c in r) + "</tr>" for i, r in enumerate(cells)) + "</table>")
+            table = []
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{h.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line:
+            body.append(f"<p>{h.escape(line)}</p>")
+    body.append(f"<p>Command: <code>{h.escape(command)}</code></p>")
+    body.append("<h2>Plots</h2>" + "".join(f"<h3>{h.escape(n)}</h3>{_img(p)}" for n, p in plot_paths.items()))
+    body.append("<h2>Samples (one row per class)</h2>" + "".join(
+        f"<h3>{h.escape(n)}</h3>{_img(p)}" for n, p in grids.items()))
+    with open(path, "w") as f:
+        f.write("<!doctype html><meta charset=utf-8><title>fedjax_gen comparison</title><body style="
+                "'font-family:sans-serif;max-width:1100px;margin:auto'>" + "\n".join(body) + "</body>")

@@ -1,0 +1,130 @@
+"""Runs (or reuses) the comparison's cells and writes its table, plots and report.
+
+A cell whose run directory holds results.json is reused, not rerun, so an interrupted
+study resumes where it stopped; a cell whose budget its method cannot reach is recorded
+as skipped with the reason (root/<cell>.skipped.json) and shown in the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+
+from tqdm.auto import tqdm
+
+from fedjax_gen import methods
+from fedjax_gen.compare import collect, grid, report
+from fedjax_gen.errors import UnreachableBudget, UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    root: str
+    dataset: str = "digits"
+    clients: int = 100
+    partitions: tuple = ("dirichlet:0.1",)
+    methods: tuple = ()
+    budgets: tuple = (None, 10.0, 1.0, 0.2)
+    seeds: int = 3
+    scale: str = "full"
+    data_dir: str | None = None
+    max_train: int | None = None
+    attack_queries: int = 200
+    attack: bool = True
+
+    def cells(self):
+        return grid.cells(self.methods or methods.names(), self.partitions, self.budgets, self.seeds)
+
+    def job(self, cell):
+        return grid.job_for(cell, self.root, self.dataset, self.clients, self.scale, self.data_dir, self.max_train)
+
+
+def run_cell(study: Study, cell) -> str:
+    """Trains and attacks one cell unless it is finished; returns its status."""
+    from fedjax_gen import cli
+    from fedjax_gen.runners import attack
+    from fedjax_gen.runners.train import train
+
+    out = os.path.join(study.root, cell.name)
+    skip = out + collect.SKIP_SUFFIX
+    if os.path.exists(skip):
+        return "skipped"
+    if not os.path.exists(os.path.join(out, "results.json")):
+        job = study.job(cell)
+        try:
+            if os.path.exists(os.path.join(out, "config.json")):  # interrupted mid-run: continue it
+                job = dataclasses.replace(job, run=dataclasses.replace(job.run, resume=True))
+            train(job)
+        except UnreachableBudget as e:
+            with open(skip, "w") as f:
+                json.dump({"method": cell.method, "partition": cell.partition, "epsilon": cell.epsilon,
+                           "seed": cell.seed, "status": f"skipped: {cli.worded(e, methods.get(cell.method))}",
+                           "run": out}, f)
+            return "skipped"
+    if study.attack and not os.path.exists(os.path.join(out, "attack_results.json")):
+        code = cli.run(attack.main, ["--run", out, "--num-queries", str(study.attack_queries)]
+                       + grid.ATTACK_ARGS[study.scale])
+        if code:
+            return "attack failed"
+    return "ok"
+
+
+def run_study(study: Study, command: str = "") -> dict:
+    os.makedirs(study.root, exist_ok=True)
+    cells = study.cells()
+    bar = tqdm(cells, unit="run", dynamic_ncols=True)
+    for cell in bar:
+        bar.set_description(cell.name)
+        run_cell(study, cell)
+    return write_outputs(study.root, study.dataset, command)
+
+
+def write_outputs(root: str, dataset: str, command: str = "") -> dict:
+    """comparison.csv / .md, plots, sample grids and report.html from root's runs."""
+    rows = collect.collect(root)
+    if not rows:
+        raise UserError(f"{root} holds no finished run: run the comparison first (or check --collect's path)")
+    agg = collect.aggregate(rows)
+    report.write_csv(rows, os.path.join(root, "comparison.csv"))
+    md = report.markdown(agg, dataset)
+    with open(os.path.join(root, "comparison.md"), "w") as f:
+        f.write(md + f"\nCommand: `{command}`\n")
+    plot_dir = os.path.join(root, "plots")
+    os.makedirs(plot_dir, exist_ok=True)
+    plots = report.plots(agg, plot_dir)
+    grids = {}
+    for r in rows:  # one grid per method: its most private finished run of seed 0
+        if r["status"] != "ok" or r.get("seed") not in (0, None):
+            continue
+        key = r["method"]
+        prev = grids.get(key)
+        if prev is None or (r["epsilon"] or float("inf")) < (prev[0] or float("inf")):
+            grids[key] = (r["epsilon"], r["run"])
+    grid_paths = {}
+    for m, (eps, run) in sorted(grids.items()):
+        p = report.sample_grid(run, os.path.join(plot_dir, f"samples_{m}.png"))
+        if p:
+            grid_paths[f"{m} (epsilon {report._eps(eps)})"] = p
+    report.html(md, plots, grid_paths, os.path.join(root, "report.html"), command)
+    return {"rows": rows, "aggregate": agg, "plots": plots}
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def slurm_script(study_argv: list, n_jobs: int, root: str) -> str:
+    """A SLURM job array over the study's cells: each task runs `--job-index $SLURM_ARRAY_TASK_ID`
+    into its own run directory; afterwards `compare.py --collect ROOT` builds the table."""
+    args = " ".join(shlex.quote(a) for a in study_argv)
+    return f"""#!/bin/bash
+#SBATCH --job-name=fedjax_gen-compare
+#SBATCH --array=0-{n_jobs - 1}
+#SBATCH --cpus-per-task=4
+#SBATCH --output={root}/slurm-%A_%a.log
+# one comparison cell per array task; then: python experiments/compare.py --collect {root}
+python experiments/compare.py {args} --job-index "$SLURM_ARRAY_TASK_ID"
+"""
