@@ -88,6 +88,9 @@ class Built:
     mechanism: Mechanism | None = None
     plan: PrivacyPlan | None = None
     uploads: Uploads | None = None
+    release: Callable | None = None  # host-side (state, key) -> (state, info) right after the last round:
+    # protocols that cannot run under jit (secure aggregation's key agreement and unmasking). `info`
+    # (JSON-able) goes to results.json["release"] and metrics.jsonl.
     bytes_up: Callable | None = None  # (state) -> total bytes up, when not the engine's payload count
     results: Callable | None = None  # (state, dataset) -> extra results.json entries
 

@@ -36,7 +36,7 @@ from fedjax_gen.runners.data import FederatedData, data_layout, prepare_federate
 from fedjax_gen.runners.evaluation import evaluate, export_and_evaluate, write_membership
 from fedjax_gen.runners.metric_writers import check_available, writers_for
 
-_KEYS = ("init", "train", "eval", "server")  # one key per purpose, fold_in(root, i)
+_KEYS = ("init", "train", "eval", "server", "release")  # one key per purpose, fold_in(root, i)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +244,9 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
                                     jax.random.fold_in(s.keys["eval"], done))
             record.update({f"eval_{k}": v for k, v in evaluate(s.fed.dataset, x, y, s.keys["eval"], run).items()})
         write(record)
+        if done == R and built.release is not None:
+            state, info = built.release(state, s.keys["release"])
+            write({"round": R, "phase": "release", "release": info, "elapsed": elapsed()})
         if block_state is not None:
             _stop_if_not_finite(done, state, ckpt)
             if (run.checkpoint_every and done % run.checkpoint_every == 0) or done == R:
@@ -314,6 +317,9 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
         {"privacy_unit": None, "epsilon": None},
         **(built.results(state, ds) if built.results else {}),
     }
+    releases = [r["release"] for r in run_dir.read_metrics() if r.get("phase") == "release"]
+    if releases:
+        results["release"] = releases[-1]
     run_dir.write_results(results)
     print(f"done: {run_dir.path}  tstr_accuracy={results['tstr_accuracy']:.4f} fid={results['fid']:.3f} "
           f"bytes_up={results['bytes_up']:.3g} ({wall:.1f} s)")
