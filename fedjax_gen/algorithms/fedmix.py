@@ -19,6 +19,7 @@ Public functions (the lead's driver calls these):
   sum_clients(cfg, basis, model, data, execution) -> summed vector (engine client axis)
   calibrate(cfg, epsilon, delta) -> noise multipliers per round
   release(summed, noise_std, key) -> noisy vector
+  ledger_releases(cfg, multipliers) -> entries for privacy/ledger.charge
   fit(cfg, released, K, second_moment, moment_noise_std) -> Mixture   (M-step; round 1: K = 1)
   split(cfg, mixture, key) -> Mixture    (round 1 -> K components)
   sample(cfg, basis, mixture, labels, key) -> uint8 images
@@ -190,6 +191,13 @@ def calibrate(cfg: FedmixConfig, epsilon: float, delta: float, accountant: str =
     w = w / w.sum()
     z = accounting.calibrate_noise_multiplier(epsilon, delta, 1.0, 1, accountant)
     return tuple(float(z / math.sqrt(x)) for x in w)
+
+
+def ledger_releases(cfg: FedmixConfig, multipliers, prefix: str = "fedmix round"):
+    """The ledger entries of the rounds run with `multipliers` (each its own sensitivity)."""
+    from fedjax_gen.privacy.ledger import Release
+
+    return tuple(Release(f"{prefix} {r + 1}", float(z), cfg.round_sensitivity(r)) for r, z in enumerate(multipliers))
 
 
 def release(summed, noise_std: float, key):

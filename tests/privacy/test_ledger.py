@@ -66,3 +66,13 @@ def test_save_load_roundtrip_and_sampling_leaves_ledger_unchanged(tmp_path):
     assert again == led and L.epsilon(again) == pytest.approx(_direct(list(z)), rel=1e-6)
     with pytest.raises(L.UserError):
         L.open_ledger(path, deployment="dep", unit="user", delta=1e-5, budget=2.0)
+
+
+def test_fedmix_ledger_entries_carry_each_rounds_sensitivity():
+    cfg = fm.FedmixConfig((8, 8, 1), 2, dct_k=3, count_weight=0.3)
+    z = fm.calibrate(cfg, 1.0, 1e-5)
+    entries = fm.ledger_releases(cfg, z)
+    assert [e.sensitivity for e in entries] == [cfg.round_sensitivity(r) for r in range(3)]
+    assert entries[0].sensitivity > entries[1].sensitivity  # round 1 also carries the second moment
+    led = L.charge(L.Ledger("d", "example", 1e-5, 1.0), *entries)
+    assert L.epsilon(led) == pytest.approx(_direct(list(z)), rel=1e-6) and L.epsilon(led) <= 1.0
