@@ -36,6 +36,7 @@ def evaluate_synthetic(
     pr_k: int = 3,
     recipe: TSTRRecipe = DEFAULT_RECIPE,
     ceiling: bool = True,
+    logreg: bool = True,
 ) -> dict:
     """Scores (synthetic_x uint8 [M, H, W, C], synthetic_y int [M]) against `dataset`.
 
@@ -44,7 +45,8 @@ def evaluate_synthetic(
         tstr_synthetic_val_accuracy: `tstr_scores` with `recipe` (tstr_steps overrides
         recipe.steps), trained on ALL M synthetic examples (early stopping on a held-out part
         of them), scored on the whole real test split; mean / std over recipe.seeds seeds.
-      tstr_logreg: logistic-regression TSTR (classifier-independent view).
+      tstr_logreg (if `logreg`): logistic-regression TSTR (classifier-independent view; on
+        60,000 MNIST-sized examples it costs more than a CNN seed, docs/metrics.md).
       real_ceiling, real_ceiling_std, real_ceiling_seeds, real_ceiling_logreg (if `ceiling`):
         the same recipe trained on the real train split (`real_data_ceiling`, cached).
       fid: FID between the domain classifier's features of <= max_eval real *test* examples
@@ -69,7 +71,7 @@ def evaluate_synthetic(
     fake_feats = embed(model, params, synthetic_x[fake_idx])
     bandwidth = median_bandwidth(real_feats)
     out = tstr_scores(synthetic_x, synthetic_y, dataset.x_test, dataset.y_test, dataset.num_classes,
-                      key=tstr_key, steps=tstr_steps, recipe=recipe)
+                      key=tstr_key, steps=tstr_steps, recipe=recipe, logreg=logreg)
     if ceiling:
         out.update(real_data_ceiling(dataset, recipe=recipe, steps=tstr_steps, cache_dir=cache_dir))
     out.update({
