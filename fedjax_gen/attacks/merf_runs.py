@@ -17,7 +17,9 @@ multiplier z (a non-private run is attacked at the z of --merf-epsilon, as a wha
   share    z sqrt2 / sqrt K (K = clients): one client's upload under --distributed-noise
   central  z sqrt2: one client's upload under the whole noise, i.e. what secure aggregation
            leaks about a client whose co-clients are known (DP's worst case)
-Noise beyond what uploads.npz already carries is added here. Every view reports gdp_bounds
+Noise beyond what uploads.npz already carries is added here. A secure-aggregation run's
+uploads.npz holds masked integers (key "masked"): they are attacked as the one view "masked",
+read as the float upload the server would decode them to, with nothing added. Every view reports gdp_bounds
 (the best any attack, with any W, can reach at that std) next to the measured numbers.
 The attacker's public data (reference embeddings, pixel prior) is half of the held-out
 examples; the other half are the non-member queries, so no query is its own reference.
@@ -204,6 +206,14 @@ def _view_header(s: Setting, std: float) -> dict:
     return {"noise_std": std, "bounds": merf.gdp_bounds(std)}
 
 
+def _masked_header(uploads: dict) -> dict:
+    """A secure-aggregation run's uploads.npz: the masked integers read as the float upload
+    (signed residue / scale); uniform on the ring whatever the client's data, so chance."""
+    return {"noise_std": None, "server_view": str(uploads.get("server_view", "masked uploads")),
+            "bits": int(uploads["secagg_bits"]), "scale": float(uploads["secagg_scale"]),
+            "uploaded_clients": int(np.sum(uploads["uploaded"]))}
+
+
 def _common(s: Setting) -> dict:
     return {"noise_multiplier": s.noise_multiplier, "noise_source": s.noise_source,
             "noise_shares": s.cfg.noise_shares, "num_clients": int(len(s.client_ids)),
@@ -221,13 +231,17 @@ def passive(s: Setting, uploads: dict, key, *, mia: bool, recon: bool, rcfg: mer
     out = {"merf_mia": {**_common(s), "uploads_noise_std": saved},
            "merf_recon": {**_common(s), "uploads_noise_std": saved}}
     grid = []
-    for i, (name, std, extra) in enumerate(_views(s, saved)):
-        emb, cnt = merf.add_noise(emb0, cnt0, extra, jax.random.fold_in(key, i))
+    masked = "masked" in uploads  # secure aggregation: the server's view is masked integers
+    views = [("masked", None, 0.0)] if masked else list(_views(s, saved))
+    for i, (name, std, extra) in enumerate(views):
+        emb, cnt = merf.add_noise(emb0, cnt0, extra, jax.random.fold_in(key, i)) if extra else (emb0, cnt0)
+        header = _masked_header(uploads) if masked else _view_header(s, std)
         if mia:
-            out["merf_mia"][name] = {**_view_header(s, std), **client_mia(s, s.w, emb, cnt, ref)}
-        if recon:
-            rep, rec = client_recon(s, tg, s.w, emb, cnt, std, jax.random.fold_in(key, 100 + i), rcfg)
-            out["merf_recon"][name] = {**_view_header(s, std), **rep}
+            out["merf_mia"][name] = {**header, **client_mia(s, s.w, emb, cnt, ref)}
+        if recon:  # the MAP prior weight needs a std: the noise the released sum carries
+            rep, rec = client_recon(s, tg, s.w, emb, cnt, std if std is not None else max(s.cfg.noise_std, 1.0),
+                                    jax.random.fold_in(key, 100 + i), rcfg)
+            out["merf_recon"][name] = {**header, **rep}
             if rec is not None:
                 grid.append(rec[:, 0])
     if recon and grid:
