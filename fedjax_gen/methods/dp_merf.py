@@ -212,6 +212,7 @@ def _secagg_built(ctx, cfg, sa_cfg, skellam, dropped, plan, extra, common) -> Bu
         info = {"noise_placement": res.threat_model["noise_placement"], "threat_model": res.threat_model,
                 "skellam_plan": skellam.to_dict() if skellam else None, "scale": sa_cfg.scale,
                 "dropped_before_upload": int(dropped), "uploaders": int(n - dropped),
+                "dropped_clients": [int(i) for i in drop],
                 "bytes_per_client": secure.bytes_summary(res.bytes_per_client, C * (D + 1)),
                 "seconds": {k: float(v) for k, v in res.seconds.items()}}
         return new, info
