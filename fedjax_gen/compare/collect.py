@@ -25,11 +25,12 @@ def _strongest_attack(attacks: dict):
         if not isinstance(rep, dict):
             return
         auc = rep.get("auc")
-        if isinstance(auc, (int, float)) and math.isfinite(auc):
+        # a membership report (attacks.metrics.mia_report), not a difference of two AUCs
+        if isinstance(auc, (int, float)) and math.isfinite(auc) and "tpr_at_1%_fpr" in rep:
             if best[1] is None or abs(auc - 0.5) > abs(best[1] - 0.5):
-                best = (name, float(auc), rep.get("tpr_at_1pct_fpr", rep.get("tpr@1%fpr")))
+                best = (name, float(auc), rep.get("tpr_at_1%_fpr"))
         for k, v in rep.items():
-            if isinstance(v, dict) and k not in ("any_class",):  # any_class measures label skew, not membership
+            if isinstance(v, dict) and k not in ("any_class", "gain_over_honest"):  # any_class measures label skew, not membership
                 visit(f"{name}.{k}", v)
 
     for name, rep in attacks.items():

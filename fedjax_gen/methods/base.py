@@ -88,6 +88,8 @@ class Built:
     mechanism: Mechanism | None = None
     plan: PrivacyPlan | None = None
     uploads: Uploads | None = None
+    later_rounds: tuple = ()  # FederatedAlgorithms of rounds 2..R when a method's rounds differ (fedmix's
+    # E-steps after its first release); same state pytree, `algorithm` runs round 1 (and init)
     release: Callable | None = None  # host-side (state, key) -> (state, info) right after the last round:
     # protocols that cannot run under jit (secure aggregation's key agreement and unmasking). `info`
     # (JSON-able) goes to results.json["release"] and metrics.jsonl.

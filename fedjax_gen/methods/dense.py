@@ -59,6 +59,7 @@ class DENSE(Method):
                                          "under DP: drop {w_feat}")
         mechanism = Mechanism(
             self.name, self.units, local_steps=o.local_steps, batch_size=o.batch_size, steps_param="local_steps",
+            client_side_noise=True,
             description="DP-SGD in every client: Poisson-sampled per-example clipped gradient sums + Gaussian "
                         "noise (add/remove one example); no feature statistics uploaded")
         plan = plan_for(p, mechanism, ctx.counts)

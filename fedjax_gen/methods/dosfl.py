@@ -50,7 +50,7 @@ class DOSFL(Method):
         check_one_shot_privacy(p, ctx.performance, "DOSFL", microbatch=False)
         mechanism = Mechanism(
             self.name, self.units, local_steps=o.dm_steps, batch_size=o.batch_size,
-            sensitivity=dosfl.SENSITIVITY_FACTOR, steps_param="dm_steps",
+            sensitivity=dosfl.SENSITIVITY_FACTOR, steps_param="dm_steps", client_side_noise=True,
             description="per DM step, Poisson-sampled per-class sums of clipped embeddings and class counts "
                         "[clip_C(psi(x)) (x) e_y, C e_y], one Gaussian release (add/remove one example)")
         plan = plan_for(p, mechanism, ctx.counts)

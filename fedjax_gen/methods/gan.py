@@ -49,6 +49,7 @@ class _FederatedGAN(Method):
             self.name, self.units, rounds=o.rounds, clients_per_round=o.clients_per_round,
             local_steps=o.local_steps if p.unit == "example" else 1, batch_size=o.batch_size,
             steps_param="rounds", example_sampling="without_replacement",  # algorithms.common.sample_batch
+            client_side_noise=p.unit == "example" or p.distributed_noise,
             description=("DP-FedAvg: each sampled client's update clipped to S, Gaussian noise on the sum "
                          "(add/remove one client)" if p.unit == "user" else
                          "DP-SGD in every sampled client: per-example clipped gradient sums + Gaussian noise "

@@ -78,6 +78,8 @@ class Mechanism:
     steps_param: str = "rounds"
     description: str = ""
     example_sampling: str = "poisson"  # how a client draws its minibatches: "poisson" | "without_replacement"
+    client_side_noise: bool = False  # each upload is already private (DP-SGD in the client): compressing it is
+    # post-processing; otherwise the server's noise needs the clip bound, which compression could break
 
 
 def plan_for(privacy: PrivacyConfig, mechanism: Mechanism, counts: np.ndarray) -> PrivacyPlan | None:

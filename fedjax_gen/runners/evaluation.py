@@ -10,12 +10,18 @@ from fedjax_gen.run_dir import RunDir
 from fedjax_gen.viz import class_grid, save_grid
 
 
-def evaluate(dataset: fdata.Dataset, x_syn, y_syn, key, run) -> dict:
-    """The metrics of results.json (TSTR, FID, precision/recall) under the RunConfig."""
-    from fedjax_gen.metrics import evaluate_synthetic
+def evaluate(dataset: fdata.Dataset, x_syn, y_syn, key, run, *, periodic: bool = False) -> dict:
+    """The metrics of results.json (TSTR with its real-data ceiling, FID, precision/recall,
+    MMD, label coverage) under the RunConfig. periodic (an --eval-every eval during training):
+    one classifier seed, no logistic regression, no ceiling: a curve, not the final score."""
+    import dataclasses
 
+    from fedjax_gen.metrics import evaluate_synthetic
+    from fedjax_gen.metrics.recipe import DEFAULT_RECIPE
+
+    extra = dict(recipe=dataclasses.replace(DEFAULT_RECIPE, seeds=1), ceiling=False, logreg=False) if periodic else {}
     return evaluate_synthetic(dataset, x_syn, y_syn, key=key, tstr_steps=run.tstr_steps,
-                              domain_classifier_steps=run.fid_classifier_steps)
+                              domain_classifier_steps=run.fid_classifier_steps, **extra)
 
 
 def export_and_evaluate(run_dir: RunDir, dataset: fdata.Dataset, x_syn, y_syn, key, run) -> dict:

@@ -29,6 +29,7 @@ from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.config import DataConfig, PerformanceFlags, RunConfig
 from fedjax_gen.errors import InvalidValue, NonFiniteState, UnreachableBudget, UserError
 from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place, run_rounds
+from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, compress_uplink
 from fedjax_gen.federated.engine import client_uploads
 from fedjax_gen.privacy import config as pconfig
 from fedjax_gen.run_dir import RunDir, config_record
@@ -79,9 +80,32 @@ def _check_run(job: Job, built) -> None:
             if every % perf.rounds_per_call:
                 raise InvalidValue(name, f"{{{name}}} {every} must be a multiple of {{rounds_per_call}} "
                                          f"{perf.rounds_per_call}")
-    if built.reduce == "stack" and perf.rounds_per_call > 1:
+    if (built.reduce == "stack" or built.later_rounds) and perf.rounds_per_call > 1:
         raise InvalidValue("rounds_per_call", "{rounds_per_call} > 1 needs a round-based method")
     check_available(run.tensorboard)
+
+
+def _compression(job: Job, built) -> Compression:
+    """--uplink as a Compression; refused where the server's noise relies on the clip bound."""
+    spec = job.run.uplink
+    try:
+        if spec == "none":
+            c = Compression()
+        elif spec.startswith("q"):
+            c = Compression("quantize", bits=int(spec[1:]))
+        elif spec.startswith("topk:"):
+            c = Compression("topk", fraction=float(spec[5:]))
+        else:
+            raise ValueError(spec)
+    except ValueError:
+        raise InvalidValue("uplink", f"{{uplink}} {spec!r}: use none, q<BITS> (e.g. q8) or topk:<FRACTION> "
+                                     "(e.g. topk:0.1)") from None
+    if (not c.is_identity and built.plan is not None and not built.mechanism.client_side_noise):
+        raise InvalidValue("uplink", f"{{uplink}} would change the clipped uploads that {job.method}'s server-side "
+                                     "noise is calibrated for: drop it, or compress a client-side-noise mechanism")
+    if not c.is_identity and built.reduce == "stack" and built.bytes_up is not None:
+        raise InvalidValue("uplink", f"{job.method} uploads already-compact data: drop {{uplink}}")
+    return c
 
 
 class _Session:
@@ -110,9 +134,17 @@ class _Session:
         self.cohort = self.built.clients_per_round or self.num_clients
         # A DP run draws its clients as its plan accounts them (Poisson by default).
         sampling = self.built.plan.round_sampling if self.built.plan is not None else {}
-        self.round = make_round(self.built.algorithm, num_clients=self.num_clients, clients_per_round=self.cohort,
-                                execution=self.execution, mesh=self.mesh, example_state=self.state,
-                                example_data=self.data, reduce=self.built.reduce, **sampling)
+        self.compression = _compression(job, self.built)
+        algorithms = (self.built.algorithm,) + tuple(self.built.later_rounds)
+        if not self.compression.is_identity:
+            algorithms = tuple(compress_uplink(a, self.compression) for a in algorithms)
+        if len(algorithms) > 1 and len(algorithms) != self.built.rounds:
+            raise ValueError(f"{job.method}: later_rounds must hold rounds 2..{self.built.rounds}")
+        self.rounds = [make_round(a, num_clients=self.num_clients, clients_per_round=self.cohort,
+                                  execution=self.execution, mesh=self.mesh, example_state=self.state,
+                                  example_data=self.data, reduce=self.built.reduce, **sampling)
+                       for a in algorithms]
+        self.round = self.rounds[0]
         phase = self.built.server_phase
         self.total = self.built.rounds + (phase.steps if phase else 0)
 
@@ -122,7 +154,7 @@ class _Session:
         plan, target = self.built.plan, saved.get("target_epsilon")
         if plan is None or target is None:
             return
-        spent = plan.report(self.built.rounds)["epsilon"]
+        spent = plan.report(self.built.mechanism.rounds)["epsilon"]
         if spent is None or spent > target * (1 + 1e-6):
             raise UnreachableBudget(f"{self.built.rounds} rounds would spend epsilon {spent:.4g} > the budget "
                                     f"{target}: lower {{rounds}} (or fork a new run with a new budget)")
@@ -225,24 +257,28 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
     data = place(s.data, s.mesh)
     state = place(jax.device_get(s.state), s.mesh)
     R = built.rounds
-    schedule = built.plan.schedule(R)[0] if built.plan is not None else None
+    # The accounted mechanism's rounds (fedmix's R releases compose to one accounted Gaussian):
+    # epsilon per round when the plan counts rounds as the engine runs them, else at the end.
+    schedule = built.plan.schedule(built.mechanism.rounds)[0] if built.plan is not None else None
     elapsed0, t0 = _elapsed_before(run_dir), time.time()
     elapsed = lambda: elapsed0 + time.time() - t0
     bar = tqdm(initial=start, total=s.total, disable=not run.progress, unit="step", dynamic_ncols=True, mininterval=2)
     wants_uploads = built.uploads is not None and run.save_uploads > 0 and start == 0 and s.main
     message = jax.device_get(built.algorithm.broadcast(state)) if wants_uploads else None
 
-    rounds = run_rounds(s.round, state, data, s.keys["train"], min(start, R), R, job.performance.rounds_per_call)
+    rounds = (run_rounds(s.round, state, data, s.keys["train"], min(start, R), R, job.performance.rounds_per_call)
+              if len(s.rounds) == 1 else _distinct_rounds(s.rounds, state, data, s.keys["train"], min(start, R), R))
     for block_state, done, metrics in rounds:
         bar.update(1)
         state = block_state if block_state is not None else state
         record = {"round": done, **{k: float(v) for k, v in metrics.items()}, "elapsed": elapsed()}
-        if schedule is not None:
-            record["epsilon"] = float(schedule[done - 1])
+        if schedule is not None and (len(schedule) == R or done == R):
+            record["epsilon"] = float(schedule[done - 1 if len(schedule) == R else -1])
         if run.eval_every and done % run.eval_every == 0 and done < R and s.main:
             x, y = built.synthesize(distributed.to_host(state), min(run.num_synthetic or 2000, 2000),
                                     jax.random.fold_in(s.keys["eval"], done))
-            record.update({f"eval_{k}": v for k, v in evaluate(s.fed.dataset, x, y, s.keys["eval"], run).items()})
+            record.update({f"eval_{k}": v for k, v in evaluate(s.fed.dataset, x, y, s.keys["eval"], run,
+                                                                     periodic=True).items()})
         write(record)
         if done == R and built.release is not None:
             state, info = built.release(state, s.keys["release"])
@@ -276,6 +312,14 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
     return _finish(s, run_dir, distributed.to_host(state), wall, resumed_export=start >= s.total)
 
 
+def _distinct_rounds(rounds, state, data, key, start: int, end: int):
+    """run_rounds for methods whose rounds are different algorithms (one compiled round each);
+    round r (1-based) runs rounds[r - 1] with key fold_in(key, r - 1), as run_rounds does."""
+    for r in range(start, end):
+        state, metrics = rounds[r].step(state, data, jax.random.fold_in(key, r))
+        yield state, r + 1, metrics
+
+
 def _stop_if_not_finite(step: int, state, ckpt: Checkpointer) -> None:
     """A NaN/inf server state stops the run; the checkpoints already saved stay."""
     if not _finite(state):
@@ -303,8 +347,13 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
     x, y = built.synthesize(state, run.num_synthetic, s.keys["eval"])
     evaluation = export_and_evaluate(run_dir, ds, x, y, s.keys["eval"], run)
     R, N = built.rounds, s.num_clients
-    bytes_up = built.bytes_up(state) if built.bytes_up is not None else s.round.bytes_up * R
-    bytes_down = s.round.bytes_down * R
+    per_round = s.rounds if len(s.rounds) > 1 else s.rounds * R
+    raw_up = built.bytes_up(state) if built.bytes_up is not None else sum(r.bytes_up for r in per_round)
+    bytes_up = raw_up
+    if not s.compression.is_identity:  # what the clients really sent: each round's mean upload x cohort
+        bytes_up = sum(r[UPLINK_BYTES] * s.cohort for r in run_dir.read_metrics()
+                       if r.get("phase") is None and UPLINK_BYTES in r)
+    bytes_down = sum(r.bytes_down for r in per_round)
     results = {
         "dataset": job.data.dataset, "algorithm": job.method, "method": job.method, "partition": job.data.partition,
         "clients": N, "clients_per_round": s.cohort, "rounds": R, **evaluation,
@@ -312,8 +361,10 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
         "bytes_up_per_round": int(bytes_up) // R, "bytes_down_per_round": int(bytes_down) // R,
         "bytes_up_per_client": bytes_up / N, "bytes_down_per_client": bytes_down / N,
         "wall_seconds": wall, "rounds_per_second": R / max(wall, 1e-9), "execution": str(s.execution),
-        "num_synthetic": int(len(y)), "resumed_export": resumed_export,
-        "privacy": pconfig.report(built.plan, built.mechanism, job.privacy, R) if built.mechanism else
+        "num_synthetic": int(len(y)), "resumed_export": resumed_export, "uplink": job.run.uplink,
+        "bytes_up_uncompressed": int(raw_up), "compression_ratio": raw_up / max(bytes_up, 1),
+        "privacy": pconfig.report(built.plan, built.mechanism, job.privacy, built.mechanism.rounds)
+        if built.mechanism else
         {"privacy_unit": None, "epsilon": None},
         **(built.results(state, ds) if built.results else {}),
     }

@@ -1,0 +1,151 @@
+"""fedjax_gen's own method, fedmix: a class-conditional Gaussian mixture fitted by DP-EM
+from at most three noisy sums of per-example clipped statistics in a fixed DCT basis
+(docs/fedmix.md). One dense vector per client per round; the release is the private
+artefact and any number of synthetic sets are post-processing of it."""
+
+from __future__ import annotations
+
+import math
+import os
+import typing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_gen.algorithms import fedmix as fm
+from fedjax_gen.config import option, validated
+from fedjax_gen.errors import InvalidValue
+from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm
+from fedjax_gen.methods.base import Built, BuildContext, Method, register
+from fedjax_gen.privacy import ledger as pledger
+from fedjax_gen.privacy.config import Mechanism, plan_for
+
+
+@validated
+class FedmixOptions:
+    """Defaults: the configuration chosen on a validation split carved from MNIST's training
+    data (docs/fedmix.md), never on a test split."""
+
+    dct_k: int = option(14, "keep the 2-D DCT atoms with u + v < K (d = K (K + 1) / 2 on 28x28)", min=1)
+    coef_clip: float = option(8.0, "L2 clip of an example's DCT coefficients (pixels in [0, 1])", gt=0.0)
+    components: int = option(30, "mixture components per class after round 1", min=1)
+    em_rounds: int = option(3, "releases: 1 (one Gaussian per class) to 3 (two EM steps)", min=1)
+    count_weight: float = option(0.3, "weight a of the count entry in the per-example vector", gt=0.0)
+    temperature: float = option(1.0, "sampling: covariance scaled by temperature^2 (post-processing)", gt=0.0)
+    ledger: typing.Optional[str] = option(None, "a deployment's privacy ledger (JSON); the run is refused if "
+                                          "its releases would exceed --budget")
+    budget: typing.Optional[float] = option(None, "the deployment's total epsilon (with --ledger)", gt=0.0)
+
+
+def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis) -> tuple:
+    """Round 1 (counts, means, second moments) and rounds 2..R (E-step statistics); the state
+    is {"mixture": K components, "second": round 1's released second moment, "round"}."""
+    C, d, K = cfg.num_classes, cfg.dim, cfg.components
+    user = cfg.privacy_unit == "user"
+
+    def init(key):
+        del key
+        from fedjax_gen.algorithms import fedmix_features as ff
+
+        mix = fm.Mixture(jnp.zeros((C, K, d)), jnp.full((C, K), -math.log(K)), jnp.tile(jnp.eye(d), (C, 1, 1)),
+                         jnp.full((C,), -math.log(C)))
+        return {"mixture": mix, "second": jnp.zeros((C, ff.num_moments(d))), "round": jnp.int32(0)}
+
+    def update(K_stat):
+        def client_update(message, client, key):
+            v = fm.client_stat(cfg, basis, message, client.x, client.y, client.mask, K_stat,
+                               second=message is None)
+            v = fm.clip_user(v, cfg.user_clip) if user else v
+            return ClientOutput(v, jnp.sum(client.mask).astype(jnp.float32), {})
+        return client_update
+
+    def first_server(state, summed, num_sampled, key):
+        k_noise, k_split = jax.random.split(key)
+        released = fm.release(summed.upload, stds[0], k_noise)
+        m = fm.fit(cfg, released, 1, moment_noise_std=stds[0])
+        m = fm.split(cfg, m, k_split) if cfg.rounds > 1 else _pad_components(m, K)
+        second = fm.unpack(cfg, released, 1)[1]
+        return {"mixture": m, "second": second, "round": state["round"] + 1}, {"examples": summed.weight}
+
+    def later_server(r):
+        def server_update(state, summed, num_sampled, key):
+            released = fm.release(summed.upload, stds[r], key)
+            m = fm.fit(cfg, released, K, state["second"], moment_noise_std=stds[0])
+            return {**state, "mixture": m, "round": state["round"] + 1}, {"examples": summed.weight}
+        return server_update
+
+    first = FederatedAlgorithm("fedmix", init, lambda state: None, update(1), first_server)
+    later = tuple(FederatedAlgorithm("fedmix", init, lambda state: state["mixture"], update(K),
+                                     later_server(r)) for r in range(1, cfg.rounds))
+    return first, later
+
+
+def _pad_components(m: fm.Mixture, K: int) -> fm.Mixture:
+    """One release only: the single fitted Gaussian per class, as K identical components."""
+    means = jnp.repeat(m.means[:, :1], K, axis=1)
+    return fm.Mixture(means, jnp.full(means.shape[:2], -math.log(K)), m.chol, m.class_log_probs)
+
+
+@register("fedmix")
+class Fedmix(Method):
+    Options = FedmixOptions
+    config_key = "fedmix_config"
+    units = ("example", "user")
+    description = "DP-EM of a class-conditional Gaussian mixture from <= 3 noisy sums (fedjax_gen's own method)"
+
+    def build(self, ctx: BuildContext) -> Built:
+        o, p, ds = ctx.options, ctx.privacy, ctx.dataset
+        if ds.image_shape[-1] != 1:
+            raise InvalidValue("dataset", "fedmix supports one-channel images for now: pick a grayscale {dataset}")
+        if o.em_rounds > 3:
+            raise InvalidValue("em_rounds", "{em_rounds} is at most 3 (the design's communication budget)")
+        if (o.ledger is None) != (o.budget is None):
+            raise InvalidValue("ledger", "{ledger} and {budget} go together")
+        if o.ledger is not None and not p.private:
+            raise InvalidValue("ledger", "{ledger} accounts private releases: add {unit} and {epsilon}")
+        unit = p.unit if p.private else "example"
+        cfg = fm.FedmixConfig(ds.image_shape, ds.num_classes, dct_k=min(o.dct_k, sum(ds.image_shape[:2]) - 1),
+                              clip=o.coef_clip, components=o.components, count_weight=o.count_weight,
+                              rounds=o.em_rounds, budget_split=(1.0,) * o.em_rounds, privacy_unit=unit,
+                              user_clip=p.clip if unit == "user" else 0.0, temperature=o.temperature)
+        # R adaptive Gaussian releases at multipliers z / sqrt(w_r) compose exactly to one Gaussian of
+        # multiplier z (fedmix.calibrate): the plan is that one release, every client in it (rate 1).
+        mechanism = Mechanism(
+            self.name, self.units, steps_param="epsilon",
+            description=f"{cfg.rounds} Gaussian release(s) of summed per-{unit} clipped DCT statistics, "
+                        "composing to one Gaussian of the plan's multiplier (add/remove one " + unit + ")")
+        plan = plan_for(p, mechanism, ctx.counts)
+        z = plan.noise_multiplier if plan else 0.0
+        w = np.full(cfg.rounds, 1.0 / cfg.rounds)
+        multipliers = tuple(float(z / math.sqrt(x)) for x in w)
+        stds = tuple(m * cfg.round_sensitivity(r) for r, m in enumerate(multipliers))
+        ledger = None
+        if o.ledger is not None:  # refuse before anything runs; saved once the releases happened
+            ledger = pledger.open_ledger(o.ledger, deployment=os.path.basename(o.ledger), unit=unit,
+                                         delta=p.delta, budget=o.budget)
+            ledger = pledger.charge(ledger, *fm.ledger_releases(cfg, multipliers), unit=unit)
+        basis = jnp.asarray(fm.basis(cfg))
+        first, later = _algorithms(cfg, stds, basis)
+
+        def release(state, key):
+            if ledger is not None:
+                pledger.save(ledger, o.ledger)
+            return state, {"noise_std_per_round": list(stds), "noise_multipliers": list(multipliers),
+                           "ledger": o.ledger, "ledger_epsilon": pledger.epsilon(ledger) if ledger else None,
+                           "server_sees": "the sum of the uploads (secure aggregation assumed; see fedjax_gen/secure)"}
+
+        def synthesize(state, n: int, key):
+            k_labels, k_sample = jax.random.split(key)
+            m = state["mixture"]
+            labels = np.arange(n, dtype=np.int32) % cfg.num_classes  # balanced, as the other methods
+            x = np.concatenate([np.asarray(fm.sample(cfg, basis, m, labels[i:i + 5000],
+                                                     jax.random.fold_in(k_sample, i)))
+                                for i in range(0, n, 5000)])
+            return x, labels
+
+        return Built(
+            algorithm=first, later_rounds=later, rounds=cfg.rounds, config=cfg, mechanism=mechanism, plan=plan,
+            synthesize=synthesize, release=release,
+            results=lambda state, dataset: {"dim": cfg.dim, "components": cfg.components, "em_rounds": cfg.rounds,
+                                            "noise_std_per_round": list(stds)})

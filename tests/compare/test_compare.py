@@ -1,0 +1,73 @@
+"""experiments/compare.py at CI's tiny size: every registered method runs, is attacked and
+appears in the table, plots and report; finished runs are reused; an unreachable budget is
+a skipped row with its reason; the Pareto frontier and the collection are correct."""
+
+import csv
+import os
+
+import pytest
+
+from fedjax_gen import cli, methods
+from fedjax_gen.compare import collect, report
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("compare") / "study")
+    argv = ["--scale", "tiny", "--seeds", "1", "--budgets", "none,0.001", "--clients", "6", "--max-train", "120",
+            "--attack-queries", "10", "--out", root]
+    assert cli.run(cli.compare_main, argv) == 0
+    return root, argv
+
+
+def test_every_registered_method_is_in_the_table_plots_and_report(study):
+    root, _ = study
+    rows = list(csv.DictReader(open(os.path.join(root, "comparison.csv"))))
+    done = {r["method"] for r in rows if r["status"] == "ok"}
+    assert done == set(methods.names())
+    for r in rows:
+        if r["status"] == "ok":
+            assert 0.0 <= float(r["tstr_accuracy"]) <= 1.0 and float(r["bytes_up_per_client"]) > 0
+            assert r["attack"] and 0.0 <= float(r["attack_auc"]) <= 1.0  # every run was attacked
+    md = open(os.path.join(root, "comparison.md")).read()
+    assert all(f"| {m} |" in md for m in methods.names())
+    for name in ("accuracy_vs_epsilon", "accuracy_vs_uplink", "attack_auc_vs_accuracy", "attack_tpr_vs_accuracy",
+                 "accuracy_vs_compression"):
+        assert os.path.getsize(os.path.join(root, "plots", f"{name}.png")) > 1000
+    html = open(os.path.join(root, "report.html")).read()
+    assert html.count("<img") >= 5 + len(methods.names()) and "<table" in html
+
+
+def test_unreachable_budget_is_a_skipped_row_with_its_reason(study):
+    root, _ = study
+    rows = list(csv.DictReader(open(os.path.join(root, "comparison.csv"))))
+    skipped = [r for r in rows if r["status"].startswith("skipped")]
+    assert skipped and all("unreachable" in r["status"] for r in skipped)
+    assert all(float(r["epsilon"]) == 0.001 for r in skipped)
+
+
+def test_finished_runs_are_reused_and_collect_rebuilds_the_table(study, tmp_path):
+    root, argv = study
+    stamps = {d: os.path.getmtime(os.path.join(root, d, "results.json")) for d in os.listdir(root)
+              if os.path.exists(os.path.join(root, d, "results.json"))}
+    assert cli.run(cli.compare_main, argv) == 0  # resumes: nothing retrained
+    assert all(os.path.getmtime(os.path.join(root, d, "results.json")) == t for d, t in stamps.items())
+    os.remove(os.path.join(root, "comparison.csv"))
+    assert cli.run(cli.compare_main, ["--collect", root]) == 0
+    assert len(list(csv.DictReader(open(os.path.join(root, "comparison.csv"))))) == len(collect.collect(root))
+
+
+def test_pareto_frontier_against_brute_force():
+    pts = [(1, 0.5), (2, 0.6), (2, 0.4), (3, 0.6), (0.5, 0.1), (4, 0.9)]
+    front = set(report.pareto(pts))
+    brute = {i for i, (c, a) in enumerate(pts)
+             if not any(c2 <= c and a2 >= a and (c2, a2) != (c, a) for c2, a2 in pts)}
+    assert front == brute == {0, 1, 4, 5}
+
+
+def test_strongest_attack_ignores_differences_and_label_skew_views():
+    attacks = {"fbb": {"auc": 0.55, "tpr_at_1%_fpr": 0.02},
+               "merf_active": {"gain_over_honest": {"auc": -0.4}, "narrow": {"auc": 0.7, "tpr_at_1%_fpr": 0.1}},
+               "classifier": {"auc": 0.52, "tpr_at_1%_fpr": 0.0, "any_class": {"auc": 0.95, "tpr_at_1%_fpr": 0.5}}}
+    name, auc, tpr = collect._strongest_attack(attacks)
+    assert (name, auc, tpr) == ("merf_active.narrow", 0.7, 0.1)
