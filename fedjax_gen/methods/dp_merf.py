@@ -163,7 +163,15 @@ class DPMERF(Method):
         def make_step(state):
             w = jax.jit(dp_merf.frequencies, static_argnums=0)(cfg, state.freq_seed)
             step = dp_merf.make_generator_step(cfg)
-            return lambda s, key: (lambda out: (out[0], {"mmd_loss": out[1]}))(step(s, w, key))
+            if not secagg:
+                return lambda s, key: (lambda out: (out[0], {"mmd_loss": out[1]}))(step(s, w, key))
+
+            def secagg_step(s, key):  # the jitted step sees the MERFState only, not the [n, ...] buffers
+                out, loss = step(dp_merf.MERFState(*(getattr(s, f.name) for f in dataclasses.fields(
+                    dp_merf.MERFState))), w, key)
+                return dataclasses.replace(s, gen=out.gen, gen_opt=out.gen_opt), {"mmd_loss": loss}
+
+            return secagg_step
 
         common = dict(config=cfg, mechanism=mechanism, plan=plan,
                       server_phase=ServerPhase(o.gen_steps, make_step, postfix=("mmd_loss",)),

@@ -63,6 +63,15 @@ def test_noiseless_secagg_release_is_the_float_sum_within_rounding(digits):
     # the clients' float uploads never stay in the state (nor in any checkpoint)
     assert not np.any(np.asarray(state.client_embedding)) and not np.any(np.asarray(state.client_counts))
     assert info["threat_model"]["server_sees"] == "masked uploads" and info["skellam_plan"] is None
+    # the generator fit is DP-MERF's own step on the released embedding
+    stepped, metrics = built.server_phase.make(state)(state, jax.random.key(5))
+    plain = dp_merf.MERFState(*(getattr(state, f) for f in ("freq_seed", "embedding", "counts", "gen", "gen_opt",
+                                                             "round")))
+    w = dp_merf.frequencies(built.config, state.freq_seed)
+    ref, loss = dp_merf.make_generator_step(built.config)(plain, w, jax.random.key(5))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), stepped.gen, ref.gen)
+    assert float(metrics["mmd_loss"]) == pytest.approx(float(loss), rel=1e-5)
+    assert type(stepped) is type(state)
 
 
 def test_skellam_release_error_std_matches_the_plan(digits):
