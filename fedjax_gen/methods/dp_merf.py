@@ -47,6 +47,9 @@ class MERFOptions:
         "aggregation (SecAgg/SecAgg+) with distributed Skellam noise calibrated to --epsilon", choices=("none", "secagg"))
     secagg_dropout: float = option(0.0, "secagg: fraction of clients that drop after key sharing, before "
                                    "uploading (simulated; the noise is calibrated for the rest)", min=0.0, lt=1.0)
+    secagg_tolerance: typing.Optional[float] = option(
+        None, "secagg: fraction of clients that may drop before uploading with the sum still unmasked; the "
+        "noise is calibrated for the rest, so fewer dropouts add more (default: --secagg-dropout)", min=0.0, lt=1.0)
     secagg_degree: typing.Optional[int] = option(
         None, "secagg: neighbours per client (even, < clients: SecAgg+ graph; default: complete graph, SecAgg)", min=1)
     secagg_threshold: typing.Optional[int] = option(
@@ -57,8 +60,12 @@ class MERFOptions:
         if self.num_features % 2:
             raise InvalidValue("num_features", f"{{num_features}} must be even (cos and sin per frequency), "
                                                f"got {self.num_features}")
-        if self.secure_aggregation == "none" and (self.secagg_dropout or self.secagg_degree or self.secagg_threshold):
+        if self.secure_aggregation == "none" and (self.secagg_dropout or self.secagg_degree or self.secagg_threshold
+                                                  or self.secagg_tolerance is not None):
             raise InvalidValue("secagg_dropout", "the secagg options need {secure_aggregation} secagg")
+        if self.secagg_tolerance is not None and self.secagg_dropout > self.secagg_tolerance:
+            raise InvalidValue("secagg_dropout", f"{{secagg_dropout}} {self.secagg_dropout} exceeds "
+                                                 f"{{secagg_tolerance}} {self.secagg_tolerance}: the sum would be refused")
 
 
 @jax.tree_util.register_dataclass
@@ -106,10 +113,11 @@ def _secagg(o: MERFOptions, ctx: BuildContext, plan, num_features: int):
         raise InvalidValue("secagg_degree", f"{e}: fix {{secagg_degree}} / {{secagg_threshold}}") from None
     # Clients refuse to unmask a sum of fewer than the uploaders the run plans for, so the
     # noise on every sum the server can unmask is at least the calibrated mu.
-    cohort = n - dropped
+    tolerance = o.secagg_dropout if o.secagg_tolerance is None else o.secagg_tolerance
+    cohort = n - int(math.floor(tolerance * n))
     if cohort < resolved.threshold:
-        raise InvalidValue("secagg_dropout", f"{{secagg_dropout}} {o.secagg_dropout} leaves {cohort} uploaders, "
-                                             f"fewer than the threshold {resolved.threshold}")
+        raise InvalidValue("secagg_tolerance", f"dropout tolerance {tolerance} leaves {cohort} uploaders, fewer "
+                                               f"than the threshold {resolved.threshold}: lower {{secagg_tolerance}}")
     value_bound = float(np.sum(ctx.counts)) + 1.0  # |entries of the sum| <= examples (+1 neighbour)
     if plan is None:  # secure aggregation without DP: the largest scale that cannot wrap
         bound = 2.0 ** (o.secagg_bits - 1) - 1 - n

@@ -105,11 +105,25 @@ def test_dropouts_are_tolerated_and_the_noise_is_calibrated_for_the_uploaders(di
     assert np.std(_decoded(state) - flat.sum(0)) > 1.5 * sd  # the dropped clients' uploads are missing
 
 
+def test_a_tolerance_above_the_dropouts_adds_noise_for_the_missing_clients(digits):
+    built = _build(digits, PrivacyConfig(unit="example", epsilon=1.0), secagg_tolerance=0.25)
+    flat, state, info = _released(built)
+    plan, tm = info["skellam_plan"], info["threat_model"]
+    assert info["dropped_before_upload"] == 0 and plan["noise_clients"] == N - 2 and tm["min_cohort"] == N - 2
+    assert tm["tolerated_dropout_fraction"] == pytest.approx(0.25)
+    # all 8 uploaded, each adding mu / 6: the sum carries 8/6 mu (more than accounted, never less)
+    sd = math.sqrt(plan["mu"] * N / (N - 2) + N / 4) / plan["scale"]
+    lo, hi = np.sqrt(np.array([0.8, 1.2])) * sd
+    assert lo < np.std(_decoded(state) - flat.sum(0)) < hi
+
+
 def test_secagg_options_need_secagg_and_distributed_noise_is_refused(digits):
     from fedjax_gen.errors import InvalidValue
 
     with pytest.raises(InvalidValue):
         MERFOptions(secagg_dropout=0.1)
+    with pytest.raises(InvalidValue):
+        MERFOptions(secure_aggregation="secagg", secagg_dropout=0.2, secagg_tolerance=0.1)
     with pytest.raises(InvalidValue):
         _build(digits, PrivacyConfig(unit="example", epsilon=1.0, distributed_noise=True))
 
