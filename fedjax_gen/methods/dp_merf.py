@@ -44,7 +44,8 @@ class MERFOptions:
     width: int = option(64, "generator width", min=1)
     secure_aggregation: str = option(
         "none", "none: central Gaussian noise on the summed release (trusted server) | secagg: run secure "
-        "aggregation (SecAgg/SecAgg+) with distributed Skellam noise calibrated to --epsilon", choices=("none", "secagg"))
+        "aggregation (SecAgg/SecAgg+) with distributed Skellam noise calibrated to --epsilon",
+        choices=("none", "secagg"))
     secagg_dropout: float = option(0.0, "secagg: fraction of clients that drop after key sharing, before "
                                    "uploading (simulated; the noise is calibrated for the rest)", min=0.0, lt=1.0)
     secagg_tolerance: typing.Optional[float] = option(
@@ -65,7 +66,9 @@ class MERFOptions:
             raise InvalidValue("secagg_dropout", "the secagg options need {secure_aggregation} secagg")
         if self.secagg_tolerance is not None and self.secagg_dropout > self.secagg_tolerance:
             raise InvalidValue("secagg_dropout", f"{{secagg_dropout}} {self.secagg_dropout} exceeds "
-                                                 f"{{secagg_tolerance}} {self.secagg_tolerance}: the sum would be refused")
+                                                 f"{{secagg_tolerance}} {self.secagg_tolerance}: the sum is refused")
+        if self.secagg_bits > 32:
+            raise InvalidValue("secagg_bits", f"{{secagg_bits}} must be <= 32 (uint32 words), got {self.secagg_bits}")
 
 
 @jax.tree_util.register_dataclass
