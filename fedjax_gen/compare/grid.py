@@ -24,6 +24,7 @@ PRESETS = {
         "dosfl": dict(ipc=1, dm_steps=2, batch_size=8, width=8),
         "dense": dict(client_model="mlp", client_width=8, local_steps=2, server_steps=2, student_steps=1,
                       ensemble_size=2, gen_width=8, latent_dim=8),
+        "fedmix": dict(components=2),
     },
     "quick": {
         "dp_fedavg_gan": dict(rounds=100, clients_per_round=10, local_steps=5, width=32),
@@ -31,6 +32,7 @@ PRESETS = {
         "dp_merf": dict(num_features=2000, gen_steps=500),
         "dosfl": dict(ipc=5, dm_steps=50),
         "dense": dict(client_model="mlp", local_steps=30, server_steps=150),
+        "fedmix": dict(components=10),
     },
     "full": {
         "dp_fedavg_gan": dict(rounds=300, clients_per_round=50),
@@ -38,12 +40,13 @@ PRESETS = {
         "dp_merf": dict(),
         "dosfl": dict(),
         "dense": dict(),
+        "fedmix": dict(),
     },
 }
 # The privacy unit each method is compared at when private (its paper's, or its only one).
 UNIT = {"dp_fedavg_gan": "user", "fedgan": "user"}
 RUN = {"tiny": dict(num_synthetic=100, tstr_steps=20, fid_classifier_steps=30, save_uploads=3, checkpoint_every=0),
-       "quick": dict(num_synthetic=1000, save_uploads=10, checkpoint_every=0),
+       "quick": dict(num_synthetic=1000, save_uploads=10, checkpoint_every=0, tstr_steps=1000),
        "full": dict(save_uploads=50)}
 # Attack settings per scale (experiments/attack.py flags): the full study uses its defaults.
 ATTACK_ARGS = {"tiny": ["--steps", "5", "--restarts", "1", "--merf-steps", "5", "--inversion-steps", "3",

@@ -52,6 +52,9 @@ def run_cell(study: Study, cell) -> str:
     skip = out + collect.SKIP_SUFFIX
     if os.path.exists(skip):
         return "skipped"
+    if cell.epsilon is not None and not methods.get(cell.method).units:
+        _record_skip(skip, cell, out, f"{cell.method} implements no differential privacy")
+        return "skipped"
     if not os.path.exists(os.path.join(out, "results.json")):
         job = study.job(cell)
         try:
@@ -59,10 +62,7 @@ def run_cell(study: Study, cell) -> str:
                 job = dataclasses.replace(job, run=dataclasses.replace(job.run, resume=True))
             train(job)
         except UnreachableBudget as e:
-            with open(skip, "w") as f:
-                json.dump({"method": cell.method, "partition": cell.partition, "epsilon": cell.epsilon,
-                           "seed": cell.seed, "status": f"skipped: {cli.worded(e, methods.get(cell.method))}",
-                           "run": out}, f)
+            _record_skip(skip, cell, out, str(cli.worded(e, methods.get(cell.method))))
             return "skipped"
     if study.attack and not os.path.exists(os.path.join(out, "attack_results.json")):
         code = cli.run(attack.main, ["--run", out, "--num-queries", str(study.attack_queries)]
@@ -70,6 +70,12 @@ def run_cell(study: Study, cell) -> str:
         if code:
             return "attack failed"
     return "ok"
+
+
+def _record_skip(path: str, cell, out: str, reason: str) -> None:
+    with open(path, "w") as f:
+        json.dump({"method": cell.method, "partition": cell.partition, "epsilon": cell.epsilon, "seed": cell.seed,
+                   "status": f"skipped: {reason}", "run": out}, f)
 
 
 def run_study(study: Study, command: str = "") -> dict:

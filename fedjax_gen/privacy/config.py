@@ -119,8 +119,9 @@ def plan_for(privacy: PrivacyConfig, mechanism: Mechanism, counts: np.ndarray) -
 def _unreachable(privacy, mechanism, counts, batch) -> str:
     if mechanism.rounds == 1 and (mechanism.clients_per_round in (None, len(counts))):
         q = min(1.0, batch / int(np.min(counts[counts > 0])))
+        fix = "raise {epsilon}" + ("" if mechanism.steps_param == "epsilon" else f" or lower {{{mechanism.steps_param}}}")
         return (f"epsilon {privacy.epsilon} is unreachable for {mechanism.method} in {mechanism.local_steps} steps "
-                f"at worst-client sampling rate {q:.3g}: raise {{epsilon}} or lower {{{mechanism.steps_param}}}")
+                f"at worst-client sampling rate {q:.3g}: {fix}")
     return (f"epsilon {privacy.epsilon} is unreachable for {privacy.unit}-level DP in {mechanism.rounds} rounds: "
             f"raise {{epsilon}} or lower {{{mechanism.steps_param}}}")
 

@@ -67,7 +67,7 @@ def test_max_examples_caps_deterministically_and_drops_data():
     other = pad_clients(X, Y, parts, max_examples=20, seed=6)
     np.testing.assert_array_equal(cd.x, again.x)
     assert not np.array_equal(cd.x, other.x)
-    with pytest.raises(UserError, match="--max-examples must be >= 1"):
+    with pytest.raises(UserError, match="max_examples_per_client must be >= 1"):
         pad_clients(X, Y, parts, max_examples=0)
 
 
