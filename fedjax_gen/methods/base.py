@@ -104,6 +104,7 @@ class Method:
     units: ClassVar[tuple] = ()
     run_defaults: ClassVar[dict] = {}
     description: ClassVar[str] = ""
+    single_device: ClassVar[bool] = False  # run on one device of the mesh (see methods/fedmix.py for why)
 
     def build(self, ctx: BuildContext) -> Built:  # pragma: no cover - protocol
         raise NotImplementedError

@@ -93,6 +93,10 @@ class Fedmix(Method):
     config_key = "fedmix_config"
     units = ("example", "user")
     description = "DP-EM of a class-conditional Gaussian mixture from <= 3 noisy sums (fedjax_gen's own method)"
+    # The server's fit calls LAPACK (eigh, cholesky) inside the jitted round; replicated over a
+    # multi-device XLA:CPU mesh (8 forced host devices) that round never finished (measured: a hang in
+    # round 1, one device fine). Its clients are cheap dense sums, so one device costs little.
+    single_device = True
 
     def build(self, ctx: BuildContext) -> Built:
         o, p, ds = ctx.options, ctx.privacy, ctx.dataset

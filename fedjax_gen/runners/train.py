@@ -116,7 +116,7 @@ class _Session:
         self.main = distributed.is_main_process()
         self.method = methods.get(job.method)
         self.fed: FederatedData = prepare_federated_data(job.data)
-        self.mesh = client_mesh()
+        self.mesh = client_mesh(jax.devices()[:1] if self.method.single_device else None)
         n_dev = self.mesh.devices.size
         perf = job.performance
         self.execution = (default_execution("any", num_devices=n_dev) if perf.execution == "auto"

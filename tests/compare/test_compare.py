@@ -15,8 +15,7 @@ from fedjax_gen.compare import collect, report
 BUILTIN = sorted(n for n in methods.names() if type(methods.get(n)).__module__.startswith("fedjax_gen.methods"))
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def _study(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("compare") / "study")
     argv = ["--scale", "tiny", "--seeds", "1", "--budgets", "none,0.001", "--clients", "6", "--max-train", "120",
             "--attack-queries", "10", "--methods", ",".join(BUILTIN), "--out", root]
@@ -24,7 +23,16 @@ def study(tmp_path_factory):
     return root, argv
 
 
-def test_every_registered_method_is_in_the_table_plots_and_report(study):
+def test_study_end_to_end(tmp_path_factory):
+    """One test (not a module fixture shared by several): under xdist each worker would run
+    the whole study again."""
+    study = _study(tmp_path_factory)
+    _every_registered_method_is_in_the_table_plots_and_report(study)
+    _unreachable_budget_is_a_skipped_row_with_its_reason(study)
+    _finished_runs_are_reused_and_collect_rebuilds_the_table(study)
+
+
+def _every_registered_method_is_in_the_table_plots_and_report(study):
     root, _ = study
     rows = list(csv.DictReader(open(os.path.join(root, "comparison.csv"))))
     done = {r["method"] for r in rows if r["status"] == "ok"}
@@ -42,7 +50,7 @@ def test_every_registered_method_is_in_the_table_plots_and_report(study):
     assert html.count("<img") >= 5 + len(BUILTIN) and "<table" in html
 
 
-def test_unreachable_budget_is_a_skipped_row_with_its_reason(study):
+def _unreachable_budget_is_a_skipped_row_with_its_reason(study):
     root, _ = study
     rows = list(csv.DictReader(open(os.path.join(root, "comparison.csv"))))
     skipped = [r for r in rows if r["status"].startswith("skipped")]
@@ -50,7 +58,7 @@ def test_unreachable_budget_is_a_skipped_row_with_its_reason(study):
     assert all(float(r["epsilon"]) == 0.001 for r in skipped)
 
 
-def test_finished_runs_are_reused_and_collect_rebuilds_the_table(study, tmp_path):
+def _finished_runs_are_reused_and_collect_rebuilds_the_table(study):
     root, argv = study
     stamps = {d: os.path.getmtime(os.path.join(root, d, "results.json")) for d in os.listdir(root)
               if os.path.exists(os.path.join(root, d, "results.json"))}
