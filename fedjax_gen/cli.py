@@ -89,10 +89,6 @@ def _build(cls, values: dict):
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def _explicit(parser, argv) -> dict:
-    return vars(parser.parse_args(argv))
-
-
 def parse(method_name: str, argv, description: str = "", algorithms: tuple = ()):
     """argv -> (train.Job, resumed_from). Raises worded UserErrors."""
     from fedjax_gen.run_dir import RunDir, read_configs
@@ -100,7 +96,7 @@ def parse(method_name: str, argv, description: str = "", algorithms: tuple = ())
 
     method = methods.get(method_name)
     parser = build_parser(method, description, algorithms)
-    given = _explicit(parser, argv)
+    given = vars(parser.parse_args(argv))  # defaults are SUPPRESS: only what was typed
     name = given.pop("algorithm", method_name)
     if algorithms and name not in algorithms:
         raise UserError(f"unknown --algorithm {name!r}; choose {' or '.join(algorithms)}")
@@ -177,12 +173,6 @@ def run(main, argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def default_out(name: str) -> str:
-    from fedjax_gen.runners.train import default_out as out
-
-    return out(name)
 
 
 def experiment(method_name: str, doc: str, algorithms: tuple = ()) -> int:

@@ -113,10 +113,6 @@ class RunDir:
     def exists(self) -> bool:
         return os.path.exists(self.file("config.json"))
 
-    def is_run(self) -> bool:
-        """A fedjax_gen run directory (has config.json): the only kind --overwrite replaces."""
-        return self.exists()
-
     @classmethod
     def create(cls, path: str, config: dict, *, overwrite: bool = False) -> "RunDir":
         """Creates the run directory atomically and returns it *locked* by this process.
@@ -135,7 +131,7 @@ class RunDir:
             if not overwrite:
                 raise RunDirError(f"run directory {rd.path} already exists: pass {{resume}} to continue it, "
                                   f"{{overwrite}} to replace it, or another {{out}}")
-            if not rd.is_run():
+            if not rd.exists():  # not a fedjax_gen run (no config.json): never ours to delete
                 raise RunDirError(f"{rd.path} is not empty and is not a fedjax_gen run directory: "
                                   f"{{overwrite}} never deletes it; pick another {{out}}")
             with rd.locked():  # refuses while another process runs in it

@@ -82,8 +82,10 @@ def _mask_tree(tree, keep):
 NONFINITE = "nonfinite_clients"
 
 
-def _finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)] or [jnp.bool_(True)]))
+def all_finite(tree):
+    """Traceable bool []: every floating leaf of `tree` is free of NaN and inf (others pass)."""
+    leaves = [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree) if jnp.issubdtype(v.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def one_client(client_update):
@@ -94,7 +96,7 @@ def one_client(client_update):
     def run(message, data, client_id, key, keep):
         client = jax.tree.map(lambda a: a[client_id], data)
         out = client_update(message, client, key)
-        ok = keep & _finite((out.upload, out.weight))
+        ok = keep & all_finite((out.upload, out.weight))
         out = _mask_tree(out, ok)
         return dataclasses.replace(out, metrics={**out.metrics, NONFINITE: (keep & ~ok).astype(jnp.float32)})
 

@@ -24,11 +24,9 @@ class JsonlWriter:
 
 class TensorBoardWriter:
     def __init__(self, run_dir: RunDir):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            raise InvalidValue("tensorboard", "{tensorboard} needs tensorboardX: pip install tensorboardX "
-                                              "(or drop {tensorboard})") from None
+        check_available(True)
+        from tensorboardX import SummaryWriter
+
         self._writer = SummaryWriter(run_dir.file("tensorboard"))
         self._step = 0
 

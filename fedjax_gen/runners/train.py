@@ -19,7 +19,6 @@ import shutil
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -31,6 +30,7 @@ from fedjax_gen.errors import InvalidValue, NonFiniteState, UnreachableBudget, U
 from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place, run_rounds
 from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, compress_uplink
 from fedjax_gen.federated.engine import client_uploads
+from fedjax_gen.federated.execution import all_finite
 from fedjax_gen.privacy import config as pconfig
 from fedjax_gen.run_dir import RunDir, config_record
 from fedjax_gen.runners.data import FederatedData, data_layout, prepare_federated_data
@@ -61,11 +61,6 @@ def _jsonable(cfg) -> dict:
     if "image_shape" in d:
         d["image_shape"] = list(d["image_shape"])
     return d
-
-
-def _finite(tree) -> bool:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return bool(jnp.all(jnp.stack(leaves))) if leaves else True
 
 
 def _check_run(job: Job, built) -> None:
@@ -322,7 +317,7 @@ def _distinct_rounds(rounds, state, data, key, start: int, end: int):
 
 def _stop_if_not_finite(step: int, state, ckpt: Checkpointer) -> None:
     """A NaN/inf server state stops the run; the checkpoints already saved stay."""
-    if not _finite(state):
+    if not bool(all_finite(state)):
         ckpt.wait()
         raise NonFiniteState(f"step {step}: the server state is not finite; the last good checkpoint "
                              f"(step {ckpt.latest_step()}) is kept: lower the learning rates or check the data")
