@@ -79,13 +79,17 @@ def from_dict(cls, d: dict):
 
 
 def validated(cls):
-    """Class decorator: frozen dataclass whose options are checked on construction."""
-    post = cls.__dict__.get("__post_init__")
+    """Class decorator: frozen dataclass whose options are checked on construction: every
+    field's bounds, then each class's own __post_init__ along the MRO, base first (an
+    Options subclass keeps its base's checks, e.g. methods.secure_sum.SecAggOptions)."""
+    cls._own_post_init = cls.__dict__.get("__post_init__")
 
     def __post_init__(self):
         validate_fields(self)
-        if post is not None:
-            post(self)
+        for klass in reversed(type(self).__mro__):
+            check = klass.__dict__.get("_own_post_init")
+            if check is not None:
+                check(self)
 
     # Set before dataclass() runs: its generated __init__ calls __post_init__ only if the
     # class has one at decoration time.

@@ -55,6 +55,8 @@ class MERFConfig:
     noise_multiplier: float = 0.0  # sigma; noise std = sigma * SENSITIVITY
     distributed_noise: bool = False
     noise_shares: int = 1  # K clients splitting the noise (distributed_noise)
+    secure_noise: bool = False  # the noise (noise_std) is added inside secure aggregation (Skellam shares,
+    # methods/secure_sum.py): neither the clients' float uploads nor the server add Gaussian noise
     latent_dim: int = 32
     width: int = 64
     gen_batch_size: int = 200
@@ -138,13 +140,13 @@ def make(cfg: MERFConfig) -> FederatedAlgorithm:
     def client_update(freq_seed, client, key):
         emb, counts = embedding_sum(cfg, frequencies(cfg, freq_seed), client.x, client.y, client.mask)
         upload = {"embedding": emb, "counts": counts}
-        if cfg.distributed_noise:
+        if cfg.distributed_noise and not cfg.secure_noise:
             upload = add_gaussian_noise(upload, cfg.noise_std / math.sqrt(cfg.noise_shares), key)
         return ClientOutput(upload, jnp.sum(client.mask).astype(jnp.float32), {})
 
     def server_update(state, summed, num_sampled, key):
         total = summed.upload
-        if not cfg.distributed_noise:
+        if not (cfg.distributed_noise or cfg.secure_noise):
             total = add_gaussian_noise(total, cfg.noise_std, key)
         new = dataclasses.replace(state, embedding=total["embedding"], counts=total["counts"],
                                   round=state.round + 1)

@@ -56,7 +56,7 @@ def privatize_delta(dp, delta, key):
     metrics = {"delta_norm": jnp.where(finite, norm, 0.0),
                "clipped_fraction": ((norm > dp.clip) & finite).astype(jnp.float32),
                "nonfinite_deltas": (~finite).astype(jnp.float32)}  # zeroed by the clip, counted here
-    if dp.distributed_noise:
+    if dp.distributed_noise and not dp.secure_noise:
         share = dp.noise_multiplier * dp.clip / dp.noise_shares**0.5
         clipped = add_gaussian_noise(clipped, share, key)
     return clipped, metrics
@@ -67,6 +67,6 @@ def server_mean(dp, summed, num_sampled: int, key):
     if dp.mode != "user":
         return weighted_mean(summed)
     total = summed.upload
-    if not dp.distributed_noise:
+    if not (dp.distributed_noise or dp.secure_noise):
         total = add_gaussian_noise(total, dp.noise_multiplier * dp.clip, key)
     return jax.tree.map(lambda u: u / num_sampled, total)

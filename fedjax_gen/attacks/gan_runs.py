@@ -140,8 +140,31 @@ def gi(ctx, s: GISettings, key):
     xr, _, _ = gradient_inversion.invert_updates(loss, disc, grads, key, jnp.asarray(y), x_shape=x.shape[1:],
                                                  num_classes=k, cfg=cfg)
     xr = np.asarray(xr[:, 0])
-    ctx.save_grid("attack_gi.png", grid_rows(np.asarray(x[:, 0]), xr))
-    return recon_report(xr, x[:, 0])
+    # The same updates as a server running secure aggregation receives them (one SecAgg cohort,
+    # quantised and masked), each read back as the float update it would decode: inverted alike.
+    xm, _, _ = gradient_inversion.invert_updates(loss, disc, _masked_updates(grads, jax.random.fold_in(key, 1)),
+                                                 jax.random.fold_in(key, 2), jnp.asarray(y), x_shape=x.shape[1:],
+                                                 num_classes=k, cfg=cfg)
+    xm = np.asarray(xm[:, 0])
+    ctx.save_grid("attack_gi.png", grid_rows(np.asarray(x[:, 0]), xr, xm))
+    return {**recon_report(xr, x[:, 0]), "view": "cleartext updates",
+            "masked": {**recon_report(xm, x[:, 0]), "view": "masked uploads (secure aggregation)"}}
+
+
+def _masked_updates(grads, key, bits: int = 32):
+    """Per-client updates [n, ...] -> what the server receives under secure aggregation, decoded
+    per client (signed residue / scale): the masks make each row uniform on the ring."""
+    from fedjax_gen import secure
+    from fedjax_gen.secure import quantize
+
+    leaves, treedef = jax.tree.flatten(grads)
+    n = leaves[0].shape[0]
+    flat = np.concatenate([np.asarray(a, np.float32).reshape(n, -1) for a in leaves], 1)
+    scale = 2.0 ** np.floor(np.log2((2.0 ** (bits - 1) - 1) / (n * max(float(np.abs(flat).max()), 1e-6))))
+    res = secure.secure_sum(flat, secure.SecAggConfig(secure.ProtocolConfig(bits=bits), float(scale)), key)
+    read = np.asarray(quantize.to_signed(jnp.asarray(res.server_view["masked"]), bits), np.float32) / scale
+    parts = np.split(read, np.cumsum([int(np.prod(a.shape[1:])) for a in leaves])[:-1], axis=1)
+    return jax.tree.unflatten(treedef, [jnp.asarray(p.reshape(a.shape)) for p, a in zip(parts, leaves)])
 
 
 @register_attack("active", applies_to=GAN, default=False)

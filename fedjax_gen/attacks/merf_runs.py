@@ -293,6 +293,21 @@ def aggregate(t, s: Setting, num_queries: int, key, seed: int) -> dict:
     return out
 
 
+def _masked_cohort(emb, cnt, key, bits: int = 32, scale: float = 2.0**16):
+    """The attacked clients' (crafted) uploads as a server running secure aggregation gets
+    them: quantised, masked as one SecAgg cohort, each read back as a float upload."""
+    from fedjax_gen import secure
+    from fedjax_gen.secure import quantize
+
+    n, C, D = emb.shape
+    flat = np.concatenate([np.asarray(emb).reshape(n, -1), np.asarray(cnt)], 1)
+    res = secure.secure_sum(flat, secure.SecAggConfig(secure.ProtocolConfig(bits=bits), scale), key)
+    read = np.asarray(quantize.to_signed(jnp.asarray(res.server_view["masked"]), bits), np.float64) / scale
+    read = jnp.asarray(read, jnp.float32)
+    header = {"noise_std": None, "server_view": "masked uploads", "bits": bits, "scale": scale, "uploaded_clients": n}
+    return read[:, : C * D].reshape(n, C, D), read[:, C * D:], header
+
+
 def active(s: Setting, key, rcfg: merf.ReconConfig, bases=tuple(merf.CRAFTED)):
     """merf_active: for each crafted basis, the attacked clients' uploads recomputed under it
     (same data, same D) and attacked in every view. Returns (report, grid rows: the truth and
@@ -306,11 +321,19 @@ def active(s: Setting, key, rcfg: merf.ReconConfig, bases=tuple(merf.CRAFTED)):
                                          batch_size=s.batch_size)
         ref = merf.class_mean_embeddings(w, s.pub_x, s.pub_y, num_classes=s.cfg.num_classes)
         out[basis] = {}
-        for vi, (name, std, extra) in enumerate(_views(s, 0.0)):
+        views = list(_views(s, 0.0))
+        if s.cfg.secure_noise:  # a secure-aggregation run: what the crafting server really receives
+            views.append(("masked", None, None))
+        for vi, (name, std, extra) in enumerate(views):
             k = jax.random.fold_in(jax.random.fold_in(key, bi), vi)
-            emb, cnt = merf.add_noise(emb0, cnt0, extra, k)
-            rep, rec = client_recon(s, tg, w, emb, cnt, std, jax.random.fold_in(k, 1), rcfg)
-            out[basis][name] = {**_view_header(s, std), "mia": client_mia(s, w, emb, cnt, ref), "recon": rep}
+            if name == "masked":
+                emb, cnt, header = _masked_cohort(emb0, cnt0, k)
+            else:
+                emb, cnt = merf.add_noise(emb0, cnt0, extra, k)
+                header = _view_header(s, std)
+            rep, rec = client_recon(s, tg, w, emb, cnt, std if std is not None else max(s.cfg.noise_std, 1.0),
+                                    jax.random.fold_in(k, 1), rcfg)
+            out[basis][name] = {**header, "mia": client_mia(s, w, emb, cnt, ref), "recon": rep}
             if name == "share" and rec is not None:
                 grid.append(rec[:, 0])
     if "honest" in bases:

@@ -120,6 +120,7 @@ def make_round(
     reduce: str = "sum",
     client_sampling: str = "fixed",
     client_capacity: int | None = None,
+    aggregate: Callable | None = None,
 ) -> Round:
     """client_sampling: "fixed" draws clients_per_round = K distinct clients each round;
     "poisson" includes each client independently with probability q = K / N (the sampling
@@ -134,9 +135,17 @@ def make_round(
     whose upload is not finite contribute exactly 0; the latter are counted in the round's
     metrics as `nonfinite_clients`); "stack" hands server_update every sampled client's
     ClientOutput stacked on a leading axis [K] (one-shot methods whose server needs each
-    upload: DENSE's ensemble, DOSFL's images)."""
-    if reduce not in ("sum", "stack"):
-        raise ValueError(f"reduce must be 'sum' or 'stack', got {reduce!r}")
+    upload: DENSE's ensemble, DOSFL's images); "host" runs the sampled clients as "stack"
+    does and hands their stacked outputs to `aggregate(stacked, keep, ids, key) ->
+    (summed ClientOutput, metrics)` on the host -- a protocol that cannot run under jit
+    (secure aggregation: key agreement, masking, unmasking; methods/secure_sum.py) -- then
+    server_update receives that sum exactly as under "sum". `keep` [padded] marks the
+    sampled clients (Poisson cohorts are padded to a capacity), `key` is the server key's
+    fold_in(., 1) (the server update keeps its own)."""
+    if reduce not in ("sum", "stack", "host"):
+        raise ValueError(f"reduce must be 'sum', 'stack' or 'host', got {reduce!r}")
+    if (reduce == "host") != (aggregate is not None):
+        raise ValueError("reduce='host' needs an aggregate callable (and only it takes one)")
     if client_sampling not in CLIENT_SAMPLING:
         raise ValueError(f"client_sampling must be 'fixed' or 'poisson', got {client_sampling!r}")
     rate = clients_per_round / num_clients
@@ -155,6 +164,8 @@ def make_round(
         mapper = ex.map_clients(algorithm.client_update, execution, mesh)
         summer = lambda message, data, ids, keys, keep: mapper(message, data, ids[:clients_per_round],
                                                                keys[:clients_per_round])
+    elif reduce == "host":
+        mapper = ex.map_clients(algorithm.client_update, execution, mesh)
     elif execution.kind == "vmap":
         summer = ex.vmap_sum(algorithm.client_update, mesh)
     else:
@@ -179,7 +190,18 @@ def make_round(
                 client_metrics[ex.NONFINITE] = summed.metrics[ex.NONFINITE]
         return state, {**client_metrics, **metrics}
 
-    if execution.kind == "vmap" and reduce == "sum":
+    if reduce == "host":
+        prepare_jit = jax.jit(prepare)
+        finish_jit = jax.jit(finish, donate_argnums=(0,))
+
+        def step(state, data, key):
+            message, ids, keys, keep, k_server = prepare_jit(state, key)
+            stacked = mapper(message, data, ids, keys)  # every padded slot; `keep` says which were sampled
+            summed, host_metrics = aggregate(stacked, keep, ids, jax.random.fold_in(k_server, 1))
+            state, metrics = finish_jit(state, summed, k_server)
+            return state, {**metrics, **host_metrics}
+
+    elif execution.kind == "vmap" and reduce == "sum":
 
         def step_fn(state, data, key):
             if isinstance(data, BucketedClientData):
@@ -206,7 +228,7 @@ def make_round(
         out = jax.eval_shape(algorithm.client_update, message, one, jax.random.key(0))
         bytes_down = clients_per_round * _tree_bytes(message)
         # A stacked round's server reads the uploads only; a summed one also needs the weights.
-        weight_bytes = _tree_bytes(out.weight) if reduce == "sum" else 0
+        weight_bytes = _tree_bytes(out.weight) if reduce == "sum" else 0  # "host": the protocol counts its own
         bytes_up = clients_per_round * (_tree_bytes(out.upload) + weight_bytes)
     return Round(step, execution, clients_per_round, padded, bytes_up, bytes_down,
                  client_sampling if poisson else "fixed", capacity)

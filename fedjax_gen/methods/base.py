@@ -94,6 +94,8 @@ class Built:
     # protocols that cannot run under jit (secure aggregation's key agreement and unmasking). `info`
     # (JSON-able) goes to results.json["release"] and metrics.jsonl.
     bytes_up: Callable | None = None  # (state) -> total bytes up, when not the engine's payload count
+    secure: Any = None  # methods.secure_sum.SecureSum: the rounds' sums run through secure aggregation
+    aggregate: tuple = ()  # with `secure`: the engine's host `aggregate` of round 1 (and of each later round)
     results: Callable | None = None  # (state, dataset) -> extra results.json entries
 
 

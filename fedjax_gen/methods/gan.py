@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import math
 
+import jax
+import numpy as np
+
 from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
 from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
 from fedjax_gen.models.conv_impl import conv_impl_for
+from fedjax_gen.methods import secure_sum
 from fedjax_gen.methods.base import Built, BuildContext, Method, register
+from fedjax_gen.methods.secure_sum import SecAggOptions
 from fedjax_gen.methods.common import generator_synthesizer
 from fedjax_gen.privacy.config import Mechanism, plan_for
 from fedjax_gen.privacy.dp_config import DPConfig
@@ -18,7 +23,7 @@ _LR = dict(gt=0.0, lt=math.inf)
 
 
 @validated
-class GANOptions:
+class GANOptions(SecAggOptions):
     model: str = option("mlp", "generator / discriminator architecture", choices=("mlp", "dcgan"))
     rounds: int = option(300, "federated rounds R", min=1, resumable=True)
     clients_per_round: int = option(50, "clients sampled per round K", min=1)
@@ -40,6 +45,23 @@ class _FederatedGAN(Method):
     config_key = "gan_config"
     units = ("example", "user")
 
+    def _secure(self, o, ctx, algorithm, plan, mechanism):
+        """Secure aggregation of the clipped deltas (user level: ||delta|| <= S, so every entry
+        of a round's sum is at most capacity x S), R releases on Poisson cohorts at rate K/N."""
+        if not o.secagg:
+            return None
+        state = jax.eval_shape(algorithm.init, jax.random.key(0))
+        uploaded = state.disc if self.name == "dp_fedavg_gan" else (state.gen, state.disc)
+        dim = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(uploaded))
+        capacity = plan.client_capacity or o.clients_per_round
+        clip = ctx.privacy.clip
+        return secure_sum.plan(o, ctx, plan, mechanism, dim=dim, l2_sensitivity=clip, support=dim,
+                               value_bound=capacity * clip, cohort=o.clients_per_round, capacity=capacity,
+                               rounds=o.rounds, sampling_rate=plan.client_rate,
+                               description=f"{o.rounds} distributed Skellam releases of the securely aggregated "
+                                           f"deltas, each clipped to {clip} (add/remove one client), on Poisson "
+                                           f"cohorts at rate {plan.client_rate:.4g}")
+
     def build(self, ctx: BuildContext) -> Built:
         o, p = ctx.options, ctx.privacy
         if o.clients_per_round > ctx.num_clients:
@@ -55,8 +77,13 @@ class _FederatedGAN(Method):
                          "DP-SGD in every sampled client: per-example clipped gradient sums + Gaussian noise "
                          "(add/remove one example)"))
         plan = plan_for(p, mechanism, ctx.counts)
+        if o.secagg and not (plan is not None and p.unit == "user" and plan.poisson_clients):
+            raise InvalidValue("secure_aggregation", "secure aggregation of the deltas needs their user-level clip "
+                                                     "bound and Poisson client sampling: add {unit} user with "
+                                                     "{epsilon} (and {sampling} poisson)")
         dp = DPConfig() if plan is None else DPConfig(p.unit, p.clip, plan.noise_multiplier, p.distributed_noise,
-                                                      o.clients_per_round, ctx.performance.microbatch_size)
+                                                      o.clients_per_round, ctx.performance.microbatch_size,
+                                                      secure_noise=o.secagg)
         perf = ctx.performance
         conv_impl = conv_impl_for(ctx.execution) if perf.conv_impl == "auto" else perf.conv_impl
         ds = ctx.dataset
@@ -65,8 +92,11 @@ class _FederatedGAN(Method):
             width=o.width, conv_impl=conv_impl, local_steps=o.local_steps, batch_size=o.batch_size,
             client_optimizer=o.client_optimizer, client_lr=o.client_lr, server_lr=o.server_lr,
             gen_steps=o.gen_steps, gen_batch_size=o.gen_batch_size, gen_lr=o.gen_lr, weighting=o.weighting, dp=dp)
+        algorithm = GAN_ALGORITHMS[self.name](cfg)
+        secure = self._secure(o, ctx, algorithm, plan, mechanism)
         return Built(
-            algorithm=GAN_ALGORITHMS[self.name](cfg), config=cfg, rounds=o.rounds,
+            algorithm=algorithm, config=cfg, rounds=o.rounds, secure=secure,
+            aggregate=(secure.aggregator(),) if secure else (),
             clients_per_round=o.clients_per_round, min_length=o.batch_size, mechanism=mechanism, plan=plan,
             synthesize=generator_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes),
             results=lambda state, dataset: {"model": o.model})

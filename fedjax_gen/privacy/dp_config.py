@@ -23,6 +23,8 @@ class DPConfig:
     distributed_noise: bool = False
     noise_shares: int = 1
     microbatch_size: int | None = None
+    secure_noise: bool = False  # user level: the noise is added inside secure aggregation (Skellam shares,
+    # methods/secure_sum.py), so neither the clients' float uploads nor the server add Gaussian noise
 
     @property
     def unit(self) -> str | None:

@@ -30,7 +30,9 @@ from fedjax_gen.errors import InvalidValue, NonFiniteState, UnreachableBudget, U
 from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place, run_rounds
 from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, compress_uplink
 from fedjax_gen.federated.engine import client_uploads
+from fedjax_gen.federated.algorithm import ClientOutput
 from fedjax_gen.federated.execution import all_finite
+from fedjax_gen.methods.secure_sum import SECAGG_BYTES_UP
 from fedjax_gen.privacy import config as pconfig
 from fedjax_gen.run_dir import RunDir, config_record
 from fedjax_gen.runners.data import FederatedData, data_layout, prepare_federated_data
@@ -75,7 +77,7 @@ def _check_run(job: Job, built) -> None:
             if every % perf.rounds_per_call:
                 raise InvalidValue(name, f"{{{name}}} {every} must be a multiple of {{rounds_per_call}} "
                                          f"{perf.rounds_per_call}")
-    if (built.reduce == "stack" or built.later_rounds) and perf.rounds_per_call > 1:
+    if (built.reduce == "stack" or built.later_rounds or built.secure) and perf.rounds_per_call > 1:
         raise InvalidValue("rounds_per_call", "{rounds_per_call} > 1 needs a round-based method")
     check_available(run.tensorboard)
 
@@ -98,6 +100,8 @@ def _compression(job: Job, built) -> Compression:
     if (not c.is_identity and built.plan is not None and not built.mechanism.client_side_noise):
         raise InvalidValue("uplink", f"{{uplink}} would change the clipped uploads that {job.method}'s server-side "
                                      "noise is calibrated for: drop it, or compress a client-side-noise mechanism")
+    if not c.is_identity and built.secure is not None:
+        raise InvalidValue("uplink", "secure aggregation quantises the uploads itself ({secagg_bits}): drop {uplink}")
     if not c.is_identity and built.reduce == "stack" and built.bytes_up is not None:
         raise InvalidValue("uplink", f"{job.method} uploads already-compact data: drop {{uplink}}")
     return c
@@ -135,10 +139,14 @@ class _Session:
             algorithms = tuple(compress_uplink(a, self.compression) for a in algorithms)
         if len(algorithms) > 1 and len(algorithms) != self.built.rounds:
             raise ValueError(f"{job.method}: later_rounds must hold rounds 2..{self.built.rounds}")
+        aggregate = self.built.aggregate or (None,) * len(algorithms)
+        if len(aggregate) != len(algorithms):
+            raise ValueError(f"{job.method}: one aggregate per round algorithm")
         self.rounds = [make_round(a, num_clients=self.num_clients, clients_per_round=self.cohort,
                                   execution=self.execution, mesh=self.mesh, example_state=self.state,
-                                  example_data=self.data, reduce=self.built.reduce, **sampling)
-                       for a in algorithms]
+                                  example_data=self.data, reduce="host" if agg else self.built.reduce,
+                                  aggregate=agg, **sampling)
+                       for a, agg in zip(algorithms, aggregate)]
         self.round = self.rounds[0]
         phase = self.built.server_phase
         self.total = self.built.rounds + (phase.steps if phase else 0)
@@ -165,8 +173,13 @@ class _Session:
             padded_clients_per_round=self.round.padded_clients, **data_layout(self.data))
 
     def privacy_line(self) -> None:
-        if self.built.plan is not None and self.main:
-            print(pconfig.privacy_line(self.built.plan, self.job.privacy, self.built.mechanism))
+        b = self.built
+        if not self.main:
+            return
+        if b.secure is not None:
+            print(b.secure.privacy_line(self.job.privacy.unit, b.rounds))
+        elif b.plan is not None:
+            print(pconfig.privacy_line(b.plan, self.job.privacy, b.mechanism))
 
     def restore(self, run_path: str, step: int | None) -> int:
         ckpt = Checkpointer(RunDir(run_path).checkpoint_dir, create=False)
@@ -255,6 +268,8 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
     # The accounted mechanism's rounds (fedmix's R releases compose to one accounted Gaussian):
     # epsilon per round when the plan counts rounds as the engine runs them, else at the end.
     schedule = built.plan.schedule(built.mechanism.rounds)[0] if built.plan is not None else None
+    if built.secure is not None:  # one Skellam release per round
+        schedule = built.secure.epsilons(R) if built.secure.skellam is not None else None
     elapsed0, t0 = _elapsed_before(run_dir), time.time()
     elapsed = lambda: elapsed0 + time.time() - t0
     bar = tqdm(initial=start, total=s.total, disable=not run.progress, unit="step", dynamic_ncols=True, mininterval=2)
@@ -327,13 +342,25 @@ def _write_uploads(s: _Session, run_dir: RunDir, state, message) -> None:
     """uploads.npz: what clients 0..n-1 sent, as the server received them."""
     n = min(s.job.run.save_uploads, s.num_clients)
     ids = np.arange(n, dtype=np.int32)
-    if s.built.uploads.from_round:
+    if s.built.secure is not None:  # the server's real view: masked integers, decoded as it would
+        secure = s.built.secure.uploads(n)
+        ids = secure.pop("client_ids")
+        outs = ClientOutput(s.built.secure.decoded_uploads(secure.pop("decoded")), None, {})
+        arrays = {**s.built.uploads.format(outs, jax.device_get(state), len(ids)), **secure}
+    elif s.built.uploads.from_round:
         part = fdata.pad_clients(s.fed.dataset.x_train, s.fed.dataset.y_train, s.fed.parts[:n])
         outs = client_uploads(s.built.algorithm, message, part, ids, jax.random.fold_in(s.keys["train"], 0))
         arrays = s.built.uploads.format(jax.device_get(outs), jax.device_get(state), n)
     else:
         arrays = s.built.uploads.format(None, jax.device_get(state), n)
     run_dir.write_arrays("uploads.npz", client_ids=ids, **arrays)
+
+
+def _privacy_block(built, privacy) -> dict:
+    if built.mechanism is None:
+        return {"privacy_unit": None, "epsilon": None}
+    block = pconfig.report(built.plan, built.mechanism, privacy, built.mechanism.rounds)
+    return built.secure.privacy_report(block, built.rounds) if built.secure is not None else block
 
 
 def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bool) -> dict:
@@ -345,6 +372,9 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
     per_round = s.rounds if len(s.rounds) > 1 else s.rounds * R
     raw_up = built.bytes_up(state) if built.bytes_up is not None else sum(r.bytes_up for r in per_round)
     bytes_up = raw_up
+    if built.secure is not None:  # what the protocol sent: keys, shares, masked uploads, unmasking
+        bytes_up = raw_up = sum(r[SECAGG_BYTES_UP] for r in run_dir.read_metrics()
+                                if r.get("phase") is None and SECAGG_BYTES_UP in r)
     if not s.compression.is_identity:  # what the clients really sent: each round's mean upload x cohort
         bytes_up = sum(r[UPLINK_BYTES] * s.cohort for r in run_dir.read_metrics()
                        if r.get("phase") is None and UPLINK_BYTES in r)
@@ -358,11 +388,11 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
         "wall_seconds": wall, "rounds_per_second": R / max(wall, 1e-9), "execution": str(s.execution),
         "num_synthetic": int(len(y)), "resumed_export": resumed_export, "uplink": job.run.uplink,
         "bytes_up_uncompressed": int(raw_up), "compression_ratio": raw_up / max(bytes_up, 1),
-        "privacy": pconfig.report(built.plan, built.mechanism, job.privacy, built.mechanism.rounds)
-        if built.mechanism else
-        {"privacy_unit": None, "epsilon": None},
+        "privacy": _privacy_block(built, job.privacy),
         **(built.results(state, ds) if built.results else {}),
     }
+    if built.secure is not None:
+        results["secure_aggregation"] = built.secure.release_info()
     releases = [r["release"] for r in run_dir.read_metrics() if r.get("phase") == "release"]
     if releases:
         results["release"] = releases[-1]

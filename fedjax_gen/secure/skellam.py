@@ -242,8 +242,8 @@ def calibrate_skellam(epsilon: float, delta: float, *, l2_sensitivity: float, su
             return _plan(eps, delta, compositions, unit, l2_sensitivity, support, dim, bits, scale, mu,
                          noise_clients, max_clients, beta, value_bound, epsilon, sampling_rate)
         e -= 1
-    raise UserError(f"no scale fits epsilon {epsilon} in {bits} bits with value bound {value_bound:g}: "
-                    "raise --bits or the epsilon")
+    raise UserError(f"no scale fits epsilon {epsilon} in {bits} bits with value bound {value_bound:g}: raise the bits "
+                    "or the epsilon")
 
 
 def skellam_plan(mu: float, delta: float, *, scale: float, l2_sensitivity: float, support: int, dim: int,
@@ -256,6 +256,19 @@ def skellam_plan(mu: float, delta: float, *, scale: float, l2_sensitivity: float
     eps = skellam_epsilon(mu, l1_int, l2_int, delta, compositions, sampling_rate=sampling_rate)
     return _plan(eps, delta, compositions, unit, l2_sensitivity, support, dim, bits, scale, mu,
                  noise_clients, max_clients, beta, value_bound, None, sampling_rate)
+
+
+def epsilon_schedule(plan: SkellamPlan, rounds: int) -> np.ndarray:
+    """Epsilon after each of 1..rounds releases of `plan` (its RDP curve computed once and
+    composed), as skellam_epsilon(..., compositions=r) gives for each r."""
+    if plan.sampling_rate >= 1.0:
+        orders = ORDERS
+        rdp = skellam_rdp(plan.mu, plan.l1_int, plan.l2_int, orders)
+    else:
+        orders = SUBSAMPLED_ORDERS
+        rdp = subsampled_rdp(lambda a: skellam_rdp(plan.mu, plan.l1_int, plan.l2_int, a), plan.sampling_rate, orders)
+    return np.array([dp_accounting.rdp.compute_epsilon(list(orders), list(r * rdp), plan.delta)[0]
+                     for r in range(1, rounds + 1)], np.float64)
 
 
 def skellam_noise(rng: np.random.Generator, local_mu: float, shape) -> np.ndarray:

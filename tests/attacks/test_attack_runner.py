@@ -58,7 +58,7 @@ def test_runner_latent_and_simulated_attacks(gan_run):
     res = json.load(open(f"{gan_run}/attack_results.json"))
     for name in ("wb", "pbb"):
         assert 0.0 <= res["attacks"][name]["auc"] <= 1.0 and "psnr" in res["attacks"][name]["recon_members"]
-    assert "psnr" in res["attacks"]["gi"] and res["attacks"]["active"]["none"]["psnr_mean"] > 30
+    assert "psnr" in res["attacks"]["gi"] and "psnr" in res["attacks"]["gi"]["masked"] and res["attacks"]["active"]["none"]["psnr_mean"] > 30
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, gan_run):
