@@ -56,6 +56,16 @@ class FedmixConfig:
     split_scale: float = 1.0  # round-1 split: means drawn from N(mu, split_scale^2 Sigma)
     cov_shrink: float = 0.0  # subtract cov_shrink x the release noise's spectral edge from eigenvalues
     temperature: float = 1.0  # sampling: covariance scaled by temperature^2 (post-processing)
+    # Data-size rule (post-processing of round 1's noisy counts and the public noise std;
+    # docs/fedmix.md "Sizing the model"): `components` is then the maximum K (the upload's shape).
+    auto_components: bool = False  # K_c = clip(floor(n_c / m), 1, K), m = max(rule_min_examples,
+    rule_examples: float = 2.0  #   rule_examples x (later rounds' mean-noise std) x sqrt(d))
+    rule_min_examples: float = 10.0
+    cov_atoms: int = 0  # > 0: the covariance lives on the first cov_atoms atoms (isotropic beyond)
+    auto_cov_atoms: bool = False  # p_c = min(d, ceil(rule_atoms n_c / round-1 noise std))
+    rule_atoms: float = 0.8
+    isotropic_rest: bool = True  # beyond the p_c atoms: the mean residual variance (False: cov_floor)
+    combine_rounds: bool = False  # class counts (and K_c = 1 classes' means) averaged over releases
 
     @property
     def dim(self) -> int:
@@ -82,13 +92,17 @@ class FedmixConfig:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Mixture:
-    """Per class c: K components with means [C, K, d], log weights [C, K], a covariance shared
-    by the class's components chol [C, d, d] (lower Cholesky factor), class log-probs [C]."""
+    """Per class c: K components with means [C, K, d], log weights [C, K] (an unused component
+    has log weight NEG), a covariance shared by the class's components chol [C, d, d] (lower
+    Cholesky factor), class log-probs [C] (unnormalised: the log of the noisy class counts)."""
 
     means: jax.Array
     log_weights: jax.Array
     chol: jax.Array
     class_log_probs: jax.Array
+
+
+NEG = -1e9  # log weight of an unused component (finite: the driver checks that states are finite)
 
 
 def basis(cfg: FedmixConfig) -> np.ndarray:
@@ -205,41 +219,124 @@ def release(summed, noise_std: float, key):
     return summed + noise_std * jax.random.normal(key, summed.shape, summed.dtype)
 
 
-def fit(cfg: FedmixConfig, released, K: int, second_moment=None, moment_noise_std: float = 0.0) -> Mixture:
+def round_noise_std(cfg: FedmixConfig, moment_noise_std: float, r: int) -> float:
+    """Noise std of round r's (0-based) release from round 1's (public): multipliers in the ratio
+    sqrt(w_0 / w_r) of the normalised budget_split, times each round's sensitivity."""
+    w = np.asarray(cfg.budget_split[: cfg.rounds], np.float64)
+    return float(moment_noise_std * math.sqrt(w[0] / w[r]) * cfg.round_sensitivity(r)
+                 / cfg.round_sensitivity(0)) if r < len(w) else 0.0
+
+
+def num_components(cfg: FedmixConfig, class_counts, moment_noise_std: float = 0.0):
+    """The data-size rule: components kept per class [C] from round 1's noisy class counts and
+    the public noise std (post-processing). A component's mean is a noisy sum over its
+    examples divided by their count, with error norm ~ s sqrt(d) / (b m) for m examples and
+    later-round noise std s; keep m >= rule_examples x s sqrt(d) / b (and >= rule_min_examples)."""
+    K = cfg.components
+    if not cfg.auto_components:
+        return jnp.full(class_counts.shape, K, jnp.int32)
+    s = round_noise_std(cfg, moment_noise_std, 1) if cfg.rounds > 1 else 0.0
+    m = max(cfg.rule_min_examples, cfg.rule_examples * s * math.sqrt(cfg.dim) / cfg.mean_weight)
+    return jnp.clip(jnp.floor(class_counts / m), 1, K).astype(jnp.int32)
+
+
+def covariance_atoms(cfg: FedmixConfig, class_counts, moment_noise_std: float = 0.0):
+    """Atoms [C] of the covariance sub-basis (a zig-zag prefix): all d by default; cov_atoms
+    fixed; auto: min(d, ceil(rule_atoms n_c / s_1)) (s_1: round 1's noise std; n_c / s_1 is the
+    class's signal-to-noise: the noisy second moment's spectral noise ~ sqrt(2 p) s_1 / n_c grows
+    with p while the per-atom variance falls), post-processing. rule_atoms chosen on digits and a
+    validation split of MNIST train (docs/fedmix.md)."""
+    d = cfg.dim
+    if cfg.auto_cov_atoms and moment_noise_std > 0:
+        p = jnp.ceil(cfg.rule_atoms * jnp.maximum(class_counts, 1.0) / moment_noise_std)
+        return jnp.clip(p, 1, d).astype(jnp.int32)
+    return jnp.full(class_counts.shape, min(cfg.cov_atoms, d) if cfg.cov_atoms > 0 else d, jnp.int32)
+
+
+def _combine(estimates):
+    """Inverse-variance average of (value [C, ...], variance [C]) pairs (variance 0: equal weights)."""
+    w = [1.0 / (v + 1e-12) for _, v in estimates]
+    tot = sum(w)
+    return sum(wi[(...,) + (None,) * (e.ndim - 1)] * e for wi, (e, _) in zip(w, estimates)) / \
+        tot[(...,) + (None,) * (estimates[0][0].ndim - 1)]
+
+
+def fit(cfg: FedmixConfig, released, K: int, second_moment=None, moment_noise_std: float = 0.0,
+        prev: Mixture | None = None, round_index: int = 0) -> Mixture:
     """M-step from a (noisy) released vector: weights and means per component, one covariance
     per class (within-component scatter pooled over the class), eigenvalues floored so the
     noisy matrix is a valid covariance. second_moment [C, T]: round 1's released second
     moment, for releases that carry only first moments. moment_noise_std: the (public) noise
-    std of the second-moment release; its symmetric noise matrix (off-diagonal std
+    std of round 1's release (the second moment's); its symmetric noise matrix (off-diagonal std
     noise / sqrt 2, fedmix_features.vech) has spectral edge ~ sqrt(2 d) noise, and
-    cfg.cov_shrink times that edge / n_c is subtracted from every eigenvalue. Post-processing only."""
+    cfg.cov_shrink times that edge / n_c is subtracted from every eigenvalue. prev: the
+    broadcast mixture of this round (None in round 1): its unused components (log weight NEG)
+    stay unused; with cfg.combine_rounds its class counts (and the means of one-component
+    classes, whose statistics are the same sum in every round) are averaged with this
+    release's by inverse variance; round_index: this release's 0-based round. The covariance
+    lives on the first p_c atoms (covariance_atoms); beyond them it is isotropic, the mean of the
+    noisy residual variances there. Post-processing only."""
     C, d = cfg.num_classes, cfg.dim
     first, second = unpack(cfg, jnp.asarray(released, jnp.float32), K, second_moment is None)
     second = second if second_moment is None else second_moment
+    active = jnp.ones((C, K), bool) if prev is None else prev.log_weights > 0.5 * NEG
     n = jnp.maximum(first[..., 0] / cfg.count_weight, cfg.count_floor)  # [C, K]
-    mu = first[..., 1:] / cfg.mean_weight / n[..., None]  # [C, K, d]
+    msum = first[..., 1:] / cfg.mean_weight  # [C, K, d]
+    if cfg.combine_rounds and prev is not None:
+        s_r, s_1 = round_noise_std(cfg, moment_noise_std, round_index), moment_noise_std
+        k_act = jnp.sum(active, axis=1).astype(jnp.float32)
+        prec_prev = jnp.full((C,), cfg.count_weight ** 2 / (s_1 ** 2 + 1e-12)) + sum(
+            cfg.count_weight ** 2 / (k_act * round_noise_std(cfg, moment_noise_std, t) ** 2 + 1e-12)
+            for t in range(1, round_index))
+        n_prev = jnp.exp(prev.class_log_probs)
+        n_now = jnp.sum(jnp.where(active, first[..., 0], 0.0), axis=1) / cfg.count_weight
+        var_now = k_act * s_r ** 2 / cfg.count_weight ** 2
+        n_c = jnp.maximum(_combine([(n_prev, 1.0 / prec_prev), (n_now, var_now)]), cfg.count_floor)
+        one = (k_act == 1)[:, None, None] & active[..., None]  # [C, K, 1]
+        sum_prev = prev.means * n_prev[:, None, None]  # the previous estimate of the class sum
+        mean_var_prev = (cfg.count_weight / cfg.mean_weight) ** 2 / prec_prev  # same precision ratio
+        sums = _combine([(sum_prev, mean_var_prev), (msum, jnp.full((C,), (s_r / cfg.mean_weight) ** 2))])
+        msum = jnp.where(one, sums, msum)
+        n_act = jnp.where(active, n, 0.0)
+        n = jnp.where(active, n_act / jnp.sum(n_act, axis=1, keepdims=True) * n_c[:, None], cfg.count_floor)
+    n_act = jnp.where(active, n, 0.0)
+    mu = msum / n[..., None]  # [C, K, d]
     mu = mu / jnp.maximum(1.0, jnp.linalg.norm(mu, axis=-1, keepdims=True))  # ||u|| <= 1
-    n_c = jnp.sum(n, axis=1)  # [C]
+    if prev is not None:
+        mu = jnp.where(active[..., None], mu, prev.means)
+    n_c = jnp.sum(n_act, axis=1)  # [C]
     S = ff.unvech(second, d)  # [C, d, d]
-    scatter = S - jnp.einsum("ck,ckd,cke->cde", n, mu, mu)
+    scatter = S - jnp.einsum("ck,ckd,cke->cde", n_act, mu, mu)
     cov = scatter / n_c[:, None, None]
-    evals, evecs = jnp.linalg.eigh(0.5 * (cov + jnp.swapaxes(cov, 1, 2)))
+    cov = 0.5 * (cov + jnp.swapaxes(cov, 1, 2))
+    p = covariance_atoms(cfg, n_c, moment_noise_std)  # [C]
+    inside = jnp.arange(d)[None, :] < p[:, None]  # [C, d]
+    block = inside[:, :, None] & inside[:, None, :]
+    diag = jnp.diagonal(cov, axis1=1, axis2=2)
+    resid = jnp.sum(jnp.where(inside, 0.0, diag), axis=1) / jnp.maximum(d - p, 1)  # [C]
+    resid = jnp.maximum(resid, cfg.cov_floor) if cfg.isotropic_rest else jnp.full((C,), cfg.cov_floor)
+    cov = jnp.where(block, cov, 0.0) + jnp.where(inside, 0.0, resid[:, None])[:, :, None] * jnp.eye(d)
+    evals, evecs = jnp.linalg.eigh(cov)
     edge = cfg.cov_shrink * math.sqrt(2.0 * d) * moment_noise_std / n_c  # [C]
     evals = jnp.maximum(evals - edge[:, None], cfg.cov_floor)
     cov = jnp.einsum("cde,ce,cfe->cdf", evecs, evals, evecs)
     chol = jnp.linalg.cholesky(cov)
-    log_w = jnp.log(n / jnp.sum(n, axis=1, keepdims=True))
-    class_counts = jnp.maximum(first[:, :, 0].sum(axis=1) / cfg.count_weight, 1.0)
-    return Mixture(mu, log_w, chol, jnp.log(class_counts / jnp.sum(class_counts)))
+    log_w = jnp.where(active, jnp.log(jnp.maximum(n_act, 1e-30) / jnp.sum(n_act, axis=1, keepdims=True)), NEG)
+    class_counts = jnp.maximum(n_c, 1.0)
+    return Mixture(mu, log_w, chol, jnp.log(class_counts))
 
 
-def split(cfg: FedmixConfig, m: Mixture, key) -> Mixture:
-    """Round-1 model (K = 1) -> K components per class: means drawn from
-    N(mu, split_scale^2 Sigma) with the server's own key, equal weights (post-processing)."""
+def split(cfg: FedmixConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> Mixture:
+    """Round-1 model (K = 1) -> K_c <= K components per class (num_components; the rest unused,
+    log weight NEG): means drawn from N(mu, split_scale^2 Sigma) with the server's own key,
+    equal weights (post-processing)."""
     C, d, K = cfg.num_classes, cfg.dim, cfg.components
     z = jax.random.normal(key, (C, K, d))
     means = m.means[:, :1] + cfg.split_scale * jnp.einsum("cde,cke->ckd", m.chol, z)
-    return Mixture(means, jnp.full((C, K), -math.log(K)), m.chol, m.class_log_probs)
+    k_c = num_components(cfg, jnp.exp(m.class_log_probs), moment_noise_std)  # [C]
+    used = jnp.arange(K)[None, :] < k_c[:, None]
+    log_w = jnp.where(used, -jnp.log(k_c.astype(jnp.float32))[:, None], NEG)
+    return Mixture(means, log_w, m.chol, m.class_log_probs)
 
 
 def sample(cfg: FedmixConfig, basis_, m: Mixture, labels, key) -> np.ndarray:
@@ -273,12 +370,12 @@ def run_central(cfg: FedmixConfig, x_uint8, y, multipliers, key, stat_fn=None):
     m = fit(cfg, r, 1, moment_noise_std=noise0)
     moments = unpack(cfg, r, 1)[1]
     if cfg.rounds > 1:
-        m = split(cfg, m, keys[1])
+        m = split(cfg, m, keys[1], noise0)
     for t in range(1, cfg.rounds):
         s = stat_fn(m, cfg.components)
         r = release(s, multipliers[t] * cfg.round_sensitivity(t), keys[2 * t])
         releases.append(r)
-        m = fit(cfg, r, cfg.components, moments, moment_noise_std=noise0)
+        m = fit(cfg, r, cfg.components, moments, moment_noise_std=noise0, prev=m, round_index=t)
     return m, releases
 
 

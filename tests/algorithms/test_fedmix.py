@@ -163,7 +163,7 @@ def test_fit_recovers_class_moments():
         np.testing.assert_allclose(m.means[c, 0], u[y == c].mean(0), atol=1e-4)
         cov = np.asarray(m.chol[c] @ m.chol[c].T)
         np.testing.assert_allclose(cov, np.cov(u[y == c].T, bias=True), atol=1e-4)
-    np.testing.assert_allclose(np.exp(m.class_log_probs), np.bincount(y) / len(y), atol=1e-5)
+    np.testing.assert_allclose(np.exp(m.class_log_probs), np.bincount(y), rtol=1e-5)  # log class counts
 
 
 def test_sample_draws_from_the_mixture():
@@ -176,3 +176,93 @@ def test_sample_draws_from_the_mixture():
     imgs = fm.sample(CFG, jnp.asarray(b), m, labels, jax.random.key(0))
     want = ff.decode(b, np.asarray(m.means[labels, 1]), CFG.clip, CFG.image_shape)
     np.testing.assert_array_equal(imgs, want)
+
+
+def test_data_size_rule_sizes_components_from_noisy_counts():
+    """K_c = clip(floor(n_c / m), 1, K) with m = max(m0, c s sqrt(d) / b), s the later rounds' noise std
+    (from round 1's: the ratio of sensitivities at an equal split); numpy reference."""
+    cfg = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, components=5, count_weight=0.5, auto_components=True,
+                          rule_examples=2.0, rule_min_examples=10.0)
+    counts = jnp.array([3.0, 400.0, 50_000.0])
+    s1 = 2.0
+    s2 = s1 * math.sqrt(0.25 + 1) / math.sqrt(0.25 + 1 + 1)
+    assert fm.round_noise_std(cfg, s1, 1) == pytest.approx(s2)
+    m = max(10.0, 2.0 * s2 * math.sqrt(cfg.dim))
+    want = np.clip(np.floor(np.asarray(counts) / m), 1, 5)
+    np.testing.assert_array_equal(fm.num_components(cfg, counts, s1), want)
+    assert list(np.asarray(fm.num_components(cfg, counts, 0.0))) == [1, 5, 5]  # noiseless: m0 only
+    fixed = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, components=5)
+    assert list(np.asarray(fm.num_components(fixed, counts, s1))) == [5, 5, 5]
+    # split keeps K slots (the upload's shape) and marks the unused ones
+    mix = fm.Mixture(jnp.zeros((3, 1, cfg.dim)), jnp.zeros((3, 1)), jnp.tile(jnp.eye(cfg.dim), (3, 1, 1)),
+                     jnp.log(counts))
+    sp = fm.split(cfg, mix, jax.random.key(0), s1)
+    used = np.asarray(sp.log_weights) > 0.5 * fm.NEG
+    np.testing.assert_array_equal(used.sum(1), want)
+    np.testing.assert_allclose(np.exp(np.asarray(sp.log_weights))[used].reshape(-1).sum(), 3.0, rtol=1e-5)
+
+
+def test_unused_components_get_no_responsibility_and_stay_unused():
+    x, y = _data(60)
+    b = jnp.asarray(fm.basis(CFG))
+    m = _model()
+    m = fm.Mixture(m.means, m.log_weights.at[:, 1].set(fm.NEG), m.chol, m.class_log_probs)
+    u = ff.clipped_coefficients(b, x, CFG.clip)
+    r = fm.responsibilities(m, u, jnp.asarray(y))
+    np.testing.assert_allclose(np.asarray(r[:, 1]), 0.0, atol=1e-30)
+    v = fm.client_stat(CFG, b, m, x, y, jnp.ones(len(y), bool), second=True)
+    fitted = fm.fit(CFG, v, 2, prev=m)
+    assert np.all(np.asarray(fitted.log_weights[:, 1]) == fm.NEG)
+    np.testing.assert_allclose(fitted.means[:, 1], m.means[:, 1])  # kept, never divided by a noise count
+    np.testing.assert_allclose(np.asarray(fitted.log_weights[:, 0]), 0.0, atol=1e-6)
+
+
+def test_covariance_sub_basis_and_isotropic_rest():
+    """cov_atoms p: the fitted covariance is the empirical one on the first p atoms, zero
+    across, and the mean residual variance (isotropic) beyond; auto p from counts / noise."""
+    x, y = _data(300)
+    cfg = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, clip=2.0, cov_floor=1e-9, count_floor=0.0, cov_atoms=4)
+    b = jnp.asarray(fm.basis(cfg))
+    m = fm.fit(cfg, fm.client_stat(cfg, b, None, x, y, jnp.ones(len(y), bool)), 1)
+    u = _ref_u(x)
+    for c in range(3):
+        ref = np.cov(u[y == c].T, bias=True)
+        cov = np.asarray(m.chol[c] @ m.chol[c].T)
+        np.testing.assert_allclose(cov[:4, :4], ref[:4, :4], atol=1e-4)
+        np.testing.assert_allclose(cov[:4, 4:], 0.0, atol=1e-5)
+        rest = np.mean(np.diag(ref)[4:])
+        np.testing.assert_allclose(cov[4:, 4:], rest * np.eye(cfg.dim - 4), atol=1e-4)
+    auto = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, auto_cov_atoms=True, rule_atoms=0.5)
+    p = fm.covariance_atoms(auto, jnp.array([1.0, 7.0, 1e6]), 1.0)
+    np.testing.assert_array_equal(p, [1, 4, auto.dim])  # ceil(0.5 n / s), clipped to [1, d]
+    assert list(np.asarray(fm.covariance_atoms(auto, jnp.array([4.0]), 0.0))) == [auto.dim]  # no noise: all
+
+
+def test_combined_rounds_average_one_component_classes_by_inverse_variance():
+    """combine_rounds: a one-component class's count and mean are the same sum in every round; the
+    fit averages round 1's (via the broadcast mixture) and this round's by inverse variance."""
+    cfg = fm.FedmixConfig((8, 8, 1), 2, dct_k=3, components=2, count_weight=0.5, count_floor=0.0,
+                          combine_rounds=True, cov_floor=1e-9)
+    d, C, K = cfg.dim, 2, 2
+    s1 = 3.0
+    s2 = fm.round_noise_std(cfg, s1, 1)
+    n_prev, mean_prev = np.array([100.0, 80.0]), np.full((C, K, d), 0.1)
+    prev = fm.Mixture(jnp.asarray(mean_prev, jnp.float32), jnp.array([[0.0, fm.NEG], [math.log(0.5)] * 2]),
+                      jnp.tile(jnp.eye(d), (C, 1, 1)), jnp.log(jnp.asarray(n_prev, jnp.float32)))
+    first = np.zeros((C, K, d + 1))
+    first[0, 0] = [0.5 * 120.0] + [0.2 * 120.0] * d  # class 0: one component, this round says n 120, mean 0.2
+    first[1, :, 0] = 0.5 * 50.0
+    first[1, :, 1:] = 0.3 * 50.0
+    second = jnp.asarray(np.tile(np.eye(d)[np.triu_indices(d)], (C, 1)) * 200.0, jnp.float32)
+    m = fm.fit(cfg, jnp.asarray(first.reshape(-1), jnp.float32), K, second, moment_noise_std=s1, prev=prev,
+               round_index=1)
+    w1, w2 = 0.25 / s1 ** 2, 0.25 / s2 ** 2  # count precisions a^2 / s^2
+    n_c = (w1 * 100.0 + w2 * 120.0) / (w1 + w2)
+    np.testing.assert_allclose(float(np.exp(m.class_log_probs[0])), n_c, rtol=1e-4)
+    msum = (w1 * 0.1 * 100.0 + w2 * 0.2 * 120.0) / (w1 + w2)  # same precision ratio for the sums (b = 1)
+    np.testing.assert_allclose(np.asarray(m.means[0, 0]), msum / n_c, rtol=1e-4)
+    # class 1 has two components: counts combined (two noisy entries this round), means this round's
+    w2b = 0.25 / (2 * s2 ** 2)
+    n_c1 = (w1 * 80.0 + w2b * 100.0) / (w1 + w2b)
+    np.testing.assert_allclose(float(np.exp(m.class_log_probs[1])), n_c1, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(m.means[1]), 0.3 * 50.0 / (n_c1 / 2), rtol=1e-4)
