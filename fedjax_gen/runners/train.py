@@ -372,8 +372,8 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
     per_round = s.rounds if len(s.rounds) > 1 else s.rounds * R
     raw_up = built.bytes_up(state) if built.bytes_up is not None else sum(r.bytes_up for r in per_round)
     bytes_up = raw_up
-    if built.secure is not None:  # what the protocol sent: keys, shares, masked uploads, unmasking
-        bytes_up = raw_up = sum(r[SECAGG_BYTES_UP] for r in run_dir.read_metrics()
+    if built.secure is not None:  # what the protocol sent: keys, shares, masked b-bit uploads, unmasking
+        bytes_up = sum(r[SECAGG_BYTES_UP] for r in run_dir.read_metrics()
                                 if r.get("phase") is None and SECAGG_BYTES_UP in r)
     if not s.compression.is_identity:  # what the clients really sent: each round's mean upload x cohort
         bytes_up = sum(r[UPLINK_BYTES] * s.cohort for r in run_dir.read_metrics()

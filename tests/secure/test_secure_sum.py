@@ -138,3 +138,12 @@ def test_gan_secagg_needs_user_level_poisson_and_accounts_every_round(digits):
     assert plan.dim == sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.disc))
     cfg = built.secure.round_config(7)  # user level: conditional rounding to the plan's integer bound
     assert cfg.rounding == "conditional" and cfg.local_mu == pytest.approx(plan.mu / 7)
+
+
+def test_fedmix_user_level_secagg_conditionally_rounds_each_clients_unit_vector(digits):
+    counts = np.full(20, 60)
+    built = _build("fedmix", digits, PrivacyConfig(unit="user", epsilon=2.0, clip=1.0), counts, components=2)
+    plan = built.secure.skellam
+    assert plan.unit == "user" and plan.support == plan.dim and plan.value_bound == 20.0
+    cfg = built.secure.round_config(20)
+    assert cfg.rounding == "conditional" and cfg.clip == 1.0 and cfg.l2_bound == pytest.approx(plan.l2_int)
