@@ -17,19 +17,27 @@ from fedjax_gen.algorithms import fedmix as fm
 from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
 from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm
+from fedjax_gen.methods import secure_sum
 from fedjax_gen.methods.base import Built, BuildContext, Method, register
+from fedjax_gen.methods.secure_sum import SecAggOptions
 from fedjax_gen.privacy import ledger as pledger
 from fedjax_gen.privacy.config import Mechanism, plan_for
 
 
 @validated
-class FedmixOptions:
+class FedmixOptions(SecAggOptions):
     """Defaults: the configuration chosen on a validation split carved from MNIST's training
     data (docs/fedmix.md), never on a test split."""
 
     dct_k: int = option(14, "keep the 2-D DCT atoms with u + v < K (d = K (K + 1) / 2 on 28x28)", min=1)
-    coef_clip: float = option(8.0, "L2 clip of an example's DCT coefficients (pixels in [0, 1])", gt=0.0)
-    components: int = option(30, "mixture components per class after round 1", min=1)
+    coef_clip: typing.Optional[float] = option(None, "L2 clip of an example's DCT coefficients (pixels in [0, 1]; "
+                                               "default 8 sqrt(H W / 784), i.e. 8 on 28x28, a public choice)", gt=0.0)
+    components: str = option("auto", "mixture components per class after round 1: auto (sized per class from "
+                             "round 1's noisy class counts and the noise std, at most --max-components; "
+                             "post-processing) or a number")
+    max_components: int = option(30, "--components auto: the most per class (fixes the upload's size)", min=1)
+    cov_atoms: str = option("auto", "DCT atoms the class covariance lives on (isotropic beyond): auto (from round "
+                            "1's noisy class counts and the noise std), all, or a number")
     em_rounds: int = option(3, "releases: 1 (one Gaussian per class) to 3 (two EM steps)", min=1)
     count_weight: float = option(0.3, "weight a of the count entry in the per-example vector", gt=0.0)
     temperature: float = option(1.0, "sampling: covariance scaled by temperature^2 (post-processing)", gt=0.0)
@@ -38,9 +46,11 @@ class FedmixOptions:
     budget: typing.Optional[float] = option(None, "the deployment's total epsilon (with --ledger)", gt=0.0)
 
 
-def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis) -> tuple:
+def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis, moment_std: float) -> tuple:
     """Round 1 (counts, means, second moments) and rounds 2..R (E-step statistics); the state
-    is {"mixture": K components, "second": round 1's released second moment, "round"}."""
+    is {"mixture": K components, "second": round 1's released second moment, "round"}.
+    stds: the Gaussian noise the server adds per round (0 under secure aggregation, whose
+    clients add it); moment_std: the noise std on the released second moment (public)."""
     C, d, K = cfg.num_classes, cfg.dim, cfg.components
     user = cfg.privacy_unit == "user"
 
@@ -63,15 +73,16 @@ def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis) -> tuple:
     def first_server(state, summed, num_sampled, key):
         k_noise, k_split = jax.random.split(key)
         released = fm.release(summed.upload, stds[0], k_noise)
-        m = fm.fit(cfg, released, 1, moment_noise_std=stds[0])
-        m = fm.split(cfg, m, k_split) if cfg.rounds > 1 else _pad_components(m, K)
+        m = fm.fit(cfg, released, 1, moment_noise_std=moment_std)
+        m = fm.split(cfg, m, k_split, moment_std) if cfg.rounds > 1 else _pad_components(m, K)
         second = fm.unpack(cfg, released, 1)[1]
         return {"mixture": m, "second": second, "round": state["round"] + 1}, {"examples": summed.weight}
 
     def later_server(r):
         def server_update(state, summed, num_sampled, key):
             released = fm.release(summed.upload, stds[r], key)
-            m = fm.fit(cfg, released, K, state["second"], moment_noise_std=stds[0])
+            m = fm.fit(cfg, released, K, state["second"], moment_noise_std=moment_std, prev=state["mixture"],
+                       round_index=r)
             return {**state, "mixture": m, "round": state["round"] + 1}, {"examples": summed.weight}
         return server_update
 
@@ -87,6 +98,38 @@ def _pad_components(m: fm.Mixture, K: int) -> fm.Mixture:
     return fm.Mixture(means, jnp.full(means.shape[:2], -math.log(K)), m.chol, m.class_log_probs)
 
 
+def _count(o, name: str, text: str) -> int:
+    """An 'auto | N' option's number (0 for auto / all); a bad value is a one-line error."""
+    v = str(getattr(o, name)).strip()
+    if v in ("auto", "all"):
+        return 0
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise InvalidValue(name, "{" + name + "} " + repr(v) + " is not " + text)
+    return n
+
+
+def _config(o, ds, unit: str, p) -> fm.FedmixConfig:
+    """The fedmix configuration of the options: --components / --cov-atoms auto are the data-size
+    rules (fedmix.num_components / covariance_atoms), post-processing of round 1's release."""
+    k = _count(o, "components", "auto or a number >= 1")
+    if str(o.cov_atoms).strip() == "all":
+        atoms, auto_atoms = 0, False
+    else:
+        atoms = _count(o, "cov_atoms", "auto, all or a number >= 1")
+        auto_atoms = atoms == 0
+    h, w = ds.image_shape[:2]
+    clip = o.coef_clip if o.coef_clip is not None else 8.0 * math.sqrt(h * w / 784.0)
+    return fm.FedmixConfig(ds.image_shape, ds.num_classes, dct_k=min(o.dct_k, h + w - 1), clip=clip,
+                           components=k or o.max_components, auto_components=k == 0, count_weight=o.count_weight,
+                           rounds=o.em_rounds, budget_split=(1.0,) * o.em_rounds, privacy_unit=unit,
+                           user_clip=p.clip if unit == "user" else 0.0, temperature=o.temperature,
+                           cov_atoms=atoms, auto_cov_atoms=auto_atoms, combine_rounds=True)
+
+
 @register("fedmix")
 class Fedmix(Method):
     Options = FedmixOptions
@@ -97,6 +140,25 @@ class Fedmix(Method):
     # multi-device XLA:CPU mesh (8 forced host devices) that round never finished (measured: a hang in
     # round 1, one device fine). Its clients are cheap dense sums, so one device costs little.
     single_device = True
+
+    @staticmethod
+    def _secure(o, ctx, cfg, plan, mechanism):
+        """Secure aggregation of every round's sum: each upload is divided by its round's
+        sensitivity, so the R releases are one mechanism (sensitivity 1) composed R times."""
+        from fedjax_gen.algorithms import fedmix_features as ff
+
+        C, d, K = cfg.num_classes, cfg.dim, cfg.components
+        user = cfg.privacy_unit == "user"
+        first = C * (d + 1 + ff.num_moments(d))
+        later = C * K * (d + 1)
+        support = max(d + 1 + ff.num_moments(d), K * (d + 1))  # one example: its class's block
+        bound = float(ctx.num_clients) if user else float(np.sum(ctx.counts)) + 1.0  # entries <= 1 per record
+        return secure_sum.plan(o, ctx, plan, mechanism, dim=max(first, later), l2_sensitivity=1.0,
+                               support=max(first, later) if user else support, value_bound=bound,
+                               cohort=ctx.num_clients, rounds=cfg.rounds,
+                               description=f"{cfg.rounds} distributed Skellam release(s) of securely aggregated "
+                                           f"per-{cfg.privacy_unit} clipped DCT statistics, each divided by its "
+                                           f"round's sensitivity (add/remove one {cfg.privacy_unit})")
 
     def build(self, ctx: BuildContext) -> Built:
         o, p, ds = ctx.options, ctx.privacy, ctx.dataset
@@ -109,10 +171,7 @@ class Fedmix(Method):
         if o.ledger is not None and not p.private:
             raise InvalidValue("ledger", "{ledger} accounts private releases: add {unit} and {epsilon}")
         unit = p.unit if p.private else "example"
-        cfg = fm.FedmixConfig(ds.image_shape, ds.num_classes, dct_k=min(o.dct_k, sum(ds.image_shape[:2]) - 1),
-                              clip=o.coef_clip, components=o.components, count_weight=o.count_weight,
-                              rounds=o.em_rounds, budget_split=(1.0,) * o.em_rounds, privacy_unit=unit,
-                              user_clip=p.clip if unit == "user" else 0.0, temperature=o.temperature)
+        cfg = _config(o, ds, unit, p)
         # R adaptive Gaussian releases at multipliers z / sqrt(w_r) compose exactly to one Gaussian of
         # multiplier z (fedmix.calibrate): the plan is that one release, every client in it (rate 1).
         mechanism = Mechanism(
@@ -125,19 +184,30 @@ class Fedmix(Method):
         multipliers = tuple(float(z / math.sqrt(x)) for x in w)
         stds = tuple(m * cfg.round_sensitivity(r) for r, m in enumerate(multipliers))
         ledger = None
+        if o.ledger is not None and o.secagg:
+            raise InvalidValue("ledger", "the ledger composes Gaussian releases; a secagg run's are Skellam: drop "
+                                         "{ledger} (or {secure_aggregation})")
         if o.ledger is not None:  # refuse before anything runs; saved once the releases happened
             ledger = pledger.open_ledger(o.ledger, deployment=os.path.basename(o.ledger), unit=unit,
                                          delta=p.delta, budget=o.budget)
             ledger = pledger.charge(ledger, *fm.ledger_releases(cfg, multipliers), unit=unit)
+        secure = self._secure(o, ctx, cfg, plan, mechanism)
+        if secure is not None:  # clients add the noise (Skellam shares): none from the server
+            noise = secure.noise_std  # on the sum of uploads divided by their round's sensitivity
+            stds, moment_std = (0.0,) * cfg.rounds, noise * cfg.round_sensitivity(0)
+        else:
+            moment_std = stds[0]
         basis = jnp.asarray(fm.basis(cfg))
-        first, later = _algorithms(cfg, stds, basis)
+        first, later = _algorithms(cfg, stds, basis, moment_std)
 
         def release(state, key):
             if ledger is not None:
                 pledger.save(ledger, o.ledger)
+            sees = ("masked uploads (secure aggregation, results.json secure_aggregation)" if secure else
+                    "the sum of the uploads (secure aggregation assumed, not run: add --secure-aggregation secagg)")
             return state, {"noise_std_per_round": list(stds), "noise_multipliers": list(multipliers),
                            "ledger": o.ledger, "ledger_epsilon": pledger.epsilon(ledger) if ledger else None,
-                           "server_sees": "the sum of the uploads (secure aggregation assumed; see fedjax_gen/secure)"}
+                           "server_sees": sees}
 
         def synthesize(state, n: int, key):
             k_labels, k_sample = jax.random.split(key)
@@ -150,6 +220,9 @@ class Fedmix(Method):
 
         return Built(
             algorithm=first, later_rounds=later, rounds=cfg.rounds, config=cfg, mechanism=mechanism, plan=plan,
-            synthesize=synthesize, release=release,
+            synthesize=synthesize, release=release, secure=secure,
+            aggregate=tuple(secure.aggregator(cfg.round_sensitivity(r)) for r in range(cfg.rounds)) if secure else (),
             results=lambda state, dataset: {"dim": cfg.dim, "components": cfg.components, "em_rounds": cfg.rounds,
+                                            "components_used": None if state is None else [int(k) for k in np.sum(
+                                                np.asarray(state["mixture"].log_weights) > 0.5 * fm.NEG, axis=1)],
                                             "noise_std_per_round": list(stds)})
