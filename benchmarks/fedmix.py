@@ -33,10 +33,11 @@ def main(argv=None):
     p.add_argument("--examples", type=int, default=2000)
     p.add_argument("--components", type=int, default=30)
     p.add_argument("--dct-k", type=int, default=14)
+    p.add_argument("--component-cov-rank", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    cfg = fm.FedmixConfig((28, 28, 1), 10, dct_k=a.dct_k, components=a.components)
+    cfg = fm.FedmixConfig((28, 28, 1), 10, dct_k=a.dct_k, components=a.components, sub_rank=a.component_cov_rank)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 256, (a.examples, 28, 28, 1)).astype(np.uint8))
     y = jnp.asarray(rng.integers(0, 10, a.examples).astype(np.int32))
@@ -48,16 +49,16 @@ def main(argv=None):
     r2 = jax.jit(lambda mod, x, y, m: fm.client_stat(cfg, b, mod, x, y, m, cfg.components))
     s2 = r2(model, x, y, mask)
     moments = fm.unpack(cfg, s1, 1)[1]
-    fit = jax.jit(lambda s: fm.fit(cfg, s, cfg.components, moments))
+    fit = jax.jit(lambda s: fm.fit(cfg, s, cfg.components, moments, prev=model, round_index=1))
     out = {
         "load_avg": os.getloadavg(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
-        "dim": cfg.dim, "components": cfg.components, "examples": a.examples,
+        "dim": cfg.dim, "components": cfg.components, "component_cov_rank": cfg.sub_rank, "examples": a.examples,
         "round1_us_per_example": 1e6 * _time(lambda: r1(x, y, mask), a.repeats) / a.examples,
         "round2_us_per_example": 1e6 * _time(lambda: r2(model, x, y, mask), a.repeats) / a.examples,
         "server_fit_s": _time(lambda: fit(s2), a.repeats),
         "sample_50k_s": _time(lambda: fm.sample(cfg, b, model, np.arange(50000) % 10, jax.random.key(1)), 1),
         "bytes_up_round1": 4 * fm.stat_size(cfg, 1),
-        "bytes_up_round2": 4 * fm.stat_size(cfg, cfg.components, second=False),
+        "bytes_up_round2": 4 * fm.stat_size(cfg, cfg.components, second=False, sub=cfg.sub_rank > 0),
     }
     print(json.dumps(out, indent=1))
     if a.out:

@@ -66,6 +66,11 @@ class FedmixConfig:
     rule_atoms: float = 0.8
     isotropic_rest: bool = True  # beyond the p_c atoms: the mean residual variance (False: cov_floor)
     combine_rounds: bool = False  # class counts (and K_c = 1 classes' means) averaged over releases
+    # Per-component covariance in the class's top-q principal subspace (rounds 2..R; docs/fedmix.md
+    # "Component covariances"): each later release also carries sum_i r_ik vech(w_i w_i^T), w_i the
+    # example's coordinates on its class's q leading eigenvectors (clipped to norm 1 by the client).
+    sub_rank: int = 0  # q; 0 = every component shares its class covariance ("tied")
+    sub_weight: float = 1.0  # c: weight of the subspace second moment in the per-example vector
 
     @property
     def dim(self) -> int:
@@ -86,7 +91,12 @@ class FedmixConfig:
         once. At user level each client's vector is clipped to user_clip instead."""
         if self.privacy_unit == "user":
             return float(self.user_clip)
-        return math.sqrt(self.count_weight ** 2 + self.mean_weight ** 2 + (1.0 if r == 0 else 0.0))
+        later = self.sub_weight ** 2 if self.sub_rank > 0 else 0.0  # ||vech(w w^T)|| = ||w||^2 <= 1
+        return math.sqrt(self.count_weight ** 2 + self.mean_weight ** 2 + (1.0 if r == 0 else later))
+
+    @property
+    def sub_moments(self) -> int:
+        return ff.num_moments(self.sub_rank) if self.sub_rank > 0 else 0
 
 
 @jax.tree_util.register_dataclass
@@ -94,12 +104,20 @@ class FedmixConfig:
 class Mixture:
     """Per class c: K components with means [C, K, d], log weights [C, K] (an unused component
     has log weight NEG), a covariance shared by the class's components chol [C, d, d] (lower
-    Cholesky factor), class log-probs [C] (unnormalised: the log of the noisy class counts)."""
+    Cholesky factor), class log-probs [C] (unnormalised: the log of the noisy class counts).
+
+    With component covariances (sub_rank q > 0), rot [C, d, d] is an orthonormal basis per class
+    (its first q columns V: the class covariance's leading eigenvectors) and component k's
+    covariance is block-diagonal in it: rot blockdiag(S_k, R_c) rot^T, sub_chol [C, K, q, q] the
+    Cholesky factors of S_k and chol [C, d - q, d - q] that of the shared rest R_c. rot None: the
+    tied model above (rot = I, q = 0)."""
 
     means: jax.Array
     log_weights: jax.Array
     chol: jax.Array
     class_log_probs: jax.Array
+    rot: jax.Array | None = None
+    sub_chol: jax.Array | None = None
 
 
 NEG = -1e9  # log weight of an unused component (finite: the driver checks that states are finite)
@@ -109,23 +127,37 @@ def basis(cfg: FedmixConfig) -> np.ndarray:
     return ff.dct_basis(cfg.image_shape[0], cfg.image_shape[1], cfg.dct_k)
 
 
-def stat_size(cfg: FedmixConfig, K: int, second: bool = True) -> int:
+def stat_size(cfg: FedmixConfig, K: int, second: bool = True, sub: bool = False) -> int:
     d = cfg.dim
-    return cfg.num_classes * (K * (d + 1) + (ff.num_moments(d) if second else 0))
+    return cfg.num_classes * (K * (d + 1) + (ff.num_moments(d) if second else 0) + (K * cfg.sub_moments if sub else 0))
 
 
-def unpack(cfg: FedmixConfig, vec, K: int, second: bool = True):
-    """Flat vector -> (first [C, K, d + 1], second [C, d(d+1)/2] or None)."""
+def unpack(cfg: FedmixConfig, vec, K: int, second: bool = True, sub: bool = False):
+    """Flat vector -> (first [C, K, d + 1], second [C, d(d+1)/2] or None); with sub also the
+    subspace second moments [C, K, q(q+1)/2] (a third element)."""
     C, d = cfg.num_classes, cfg.dim
-    first = vec[: C * K * (d + 1)].reshape((C, K, d + 1))
-    if not second:
-        return first, None
-    return first, vec[C * K * (d + 1):].reshape((C, ff.num_moments(d)))
+    n1 = C * K * (d + 1)
+    first = vec[:n1].reshape((C, K, d + 1))
+    n2 = C * ff.num_moments(d) if second else 0
+    sec = vec[n1:n1 + n2].reshape((C, ff.num_moments(d))) if second else None
+    if not sub:
+        return first, sec
+    return first, sec, vec[n1 + n2:].reshape((C, K, cfg.sub_moments))
+
+
+def _subspace_coords(model: Mixture, u, y):
+    """Coordinates of examples u [B, d] on their class's leading q eigenvectors, clipped to norm
+    <= 1 whatever basis is broadcast (the sensitivity bound must not trust the server): [B, q]."""
+    q = model.sub_chol.shape[-1]
+    w = jnp.einsum("bdq,bd->bq", model.rot[y][:, :, :q], u)
+    return w / jnp.maximum(1.0, jnp.linalg.norm(w, axis=-1, keepdims=True))
 
 
 def responsibilities(model: Mixture, u, y):
     """E-step for examples u [B, d] with labels y [B] under their own class's mixture: [B, K].
     Whitening by each class's L^-1 once ([B, C, d], C small) rather than per example."""
+    if model.rot is not None:
+        return _responsibilities_sub(model, u, y)
     eye = jnp.eye(model.chol.shape[-1], dtype=model.chol.dtype)
     white = jax.scipy.linalg.solve_triangular(model.chol, eye[None], lower=True)  # L^-1 [C, d, d]
     uw = jnp.einsum("cde,be->bcd", white, u)  # [B, C, d]
@@ -133,6 +165,26 @@ def responsibilities(model: Mixture, u, y):
     muw = jnp.einsum("cde,cke->ckd", white, model.means)[y]  # [B, K, d]
     maha = jnp.sum((uw[:, None, :] - muw) ** 2, axis=-1)  # [B, K]
     logits = model.log_weights[y] - 0.5 * maha
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def _responsibilities_sub(model: Mixture, u, y):
+    """E-step with component covariances rot blockdiag(S_k, R_c) rot^T: the Mahalanobis
+    distance splits into the subspace part (per component, q x q) and the shared rest; the
+    components' log-determinants differ only by their S_k."""
+    q = model.sub_chol.shape[-1]
+    e = jnp.einsum("bdf,bd->bf", model.rot[y], u)  # [B, d] in the class basis
+    m = jnp.einsum("cdf,ckd->ckf", model.rot, model.means)[y]  # [B, K, d]
+    diff = e[:, None, :] - m  # [B, K, d]
+    d_rest = diff[..., q:]
+    eye_r = jnp.eye(model.chol.shape[-1], dtype=model.chol.dtype)
+    white_r = jax.scipy.linalg.solve_triangular(model.chol, eye_r[None], lower=True)[y]  # [B, d-q, d-q]
+    maha = jnp.sum(jnp.einsum("bij,bkj->bki", white_r, d_rest) ** 2, axis=-1)  # [B, K]
+    eye_s = jnp.eye(q, dtype=model.sub_chol.dtype)
+    white_s = jax.scipy.linalg.solve_triangular(model.sub_chol, eye_s, lower=True)[y]  # [B, K, q, q]
+    maha = maha + jnp.sum(jnp.einsum("bkij,bkj->bki", white_s, diff[..., :q]) ** 2, axis=-1)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(model.sub_chol, axis1=-2, axis2=-1)), axis=-1)[y]  # [B, K]
+    logits = model.log_weights[y] - 0.5 * maha - 0.5 * logdet
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -153,10 +205,14 @@ def client_stat(cfg: FedmixConfig, basis_, model: Mixture | None, x_uint8, y, ma
         K = r.shape[1]
     per = jnp.concatenate([cfg.count_weight * jnp.ones_like(u[:, :1]), cfg.mean_weight * u], axis=1)
     first = jnp.einsum("bc,bk,be->cke", onehot, r, per)  # [C, K, d + 1]
-    if not second:
-        return first.reshape(-1)
-    moments = onehot.T @ ff.vech(u[:, :, None] * u[:, None, :])  # [C, T]
-    return jnp.concatenate([first.reshape(-1), moments.reshape(-1)])
+    parts = [first.reshape(-1)]
+    if second:
+        parts.append((onehot.T @ ff.vech(u[:, :, None] * u[:, None, :])).reshape(-1))  # [C, T]
+    if model is not None and cfg.sub_rank > 0:  # per-component second moments in the subspace
+        w = _subspace_coords(model, u, y)
+        sub = cfg.sub_weight * ff.vech(w[:, :, None] * w[:, None, :])  # [B, Q], norm ||w||^2 <= 1
+        parts.append(jnp.einsum("bc,bk,bq->ckq", onehot, r, sub).reshape(-1))
+    return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def clip_user(vec, bound: float):
@@ -277,7 +333,8 @@ def fit(cfg: FedmixConfig, released, K: int, second_moment=None, moment_noise_st
     lives on the first p_c atoms (covariance_atoms); beyond them it is isotropic, the mean of the
     noisy residual variances there. Post-processing only."""
     C, d = cfg.num_classes, cfg.dim
-    first, second = unpack(cfg, jnp.asarray(released, jnp.float32), K, second_moment is None)
+    has_sub = cfg.sub_rank > 0 and prev is not None and prev.rot is not None
+    first, second, *sub = unpack(cfg, jnp.asarray(released, jnp.float32), K, second_moment is None, has_sub)
     second = second if second_moment is None else second_moment
     active = jnp.ones((C, K), bool) if prev is None else prev.log_weights > 0.5 * NEG
     n = jnp.maximum(first[..., 0] / cfg.count_weight, cfg.count_floor)  # [C, K]
@@ -319,11 +376,63 @@ def fit(cfg: FedmixConfig, released, K: int, second_moment=None, moment_noise_st
     evals, evecs = jnp.linalg.eigh(cov)
     edge = cfg.cov_shrink * math.sqrt(2.0 * d) * moment_noise_std / n_c  # [C]
     evals = jnp.maximum(evals - edge[:, None], cfg.cov_floor)
-    cov = jnp.einsum("cde,ce,cfe->cdf", evecs, evals, evecs)
-    chol = jnp.linalg.cholesky(cov)
     log_w = jnp.where(active, jnp.log(jnp.maximum(n_act, 1e-30) / jnp.sum(n_act, axis=1, keepdims=True)), NEG)
-    class_counts = jnp.maximum(n_c, 1.0)
-    return Mixture(mu, log_w, chol, jnp.log(class_counts))
+    class_log_probs = jnp.log(jnp.maximum(n_c, 1.0))
+    if cfg.sub_rank > 0:
+        rot, chol, sub_chol = _component_covariances(cfg, evals, evecs, prev, sub[0] if has_sub else None, n, mu,
+                                                     round_noise_std(cfg, moment_noise_std, round_index))
+        return Mixture(mu, log_w, chol, class_log_probs, rot, sub_chol)
+    cov = jnp.einsum("cde,ce,cfe->cdf", evecs, evals, evecs)
+    return Mixture(mu, log_w, jnp.linalg.cholesky(cov), class_log_probs)
+
+
+def _floored_chol(m, floor: float):
+    """Cholesky factor of a symmetric (noisy) matrix [..., n, n] with eigenvalues floored (at
+    least 1e-6 of the largest, so the float32 factorisation stays defined under heavy noise)."""
+    m = 0.5 * (m + jnp.swapaxes(m, -1, -2))
+    w, v = jnp.linalg.eigh(m)
+    w = jnp.maximum(w, jnp.maximum(floor, 1e-6 * jnp.max(w, axis=-1, keepdims=True)))
+    return jnp.linalg.cholesky(jnp.einsum("...ij,...j,...kj->...ik", v, w, v))
+
+
+def _component_covariances(cfg: FedmixConfig, evals, evecs, prev, sub, n, mu, noise_std: float):
+    """(rot, chol of the shared rest, sub_chol [C, K, q, q]) of the class covariances evecs
+    diag(evals) evecs^T. Round 1 (sub None): rot = the eigenvectors, leading first, every
+    component's subspace block the class's (the tied model in another basis). Later rounds: rot
+    stays the broadcast one (the clients' coordinates w are on its first q columns); component
+    k's block is its released subspace scatter S_k / n_k - m_k m_k^T (m_k = V^T mu_k), shrunk
+    towards the class block by the positive-part James-Stein factor
+    max(0, 1 - margin E||noise||^2 / ||S_k - class||^2) with the public noise std (its vech entries
+    carry N(0, (s / c)^2): a Frobenius noise of (s / (c n_k))^2 q (q + 1) / 2; margin: 3 standard
+    deviations of chi2_df / df, so a block that is pure noise stays the class's). Post-processing."""
+    q, C, K = cfg.sub_rank, cfg.num_classes, n.shape[1]
+    cov = jnp.einsum("cde,ce,cfe->cdf", evecs, evals, evecs)
+    rot = evecs[..., ::-1] if sub is None else prev.rot  # eigh is ascending: leading first
+    inner = jnp.einsum("cdi,cde,cej->cij", rot, cov, rot)  # the class covariance in rot's basis
+    chol = _floored_chol(inner[:, q:, q:], cfg.cov_floor)
+    block = inner[:, :q, :q]
+    if sub is None:
+        return rot, chol, jnp.broadcast_to(_floored_chol(block, cfg.cov_floor)[:, None], (C, K, q, q))
+    m = jnp.einsum("cdi,ckd->cki", rot[..., :q], mu)  # [C, K, q]
+    scatter = ff.unvech(sub / cfg.sub_weight, q) / n[..., None, None] - m[..., :, None] * m[..., None, :]
+    dev = scatter - block[:, None]
+    df = q * (q + 1) / 2
+    noise2 = (noise_std / (cfg.sub_weight * n)) ** 2 * df  # [C, K]
+    # Pure noise gives ||dev||^2 / noise2 ~ chi2_df / df: a 3-sigma margin keeps such a block tied.
+    margin = 1.0 + 3.0 * math.sqrt(2.0 / df)
+    lam = jnp.clip(1.0 - margin * noise2 / jnp.maximum(jnp.sum(dev ** 2, axis=(-1, -2)), 1e-30), 0.0, 1.0)
+    return rot, chol, _floored_chol(block[:, None] + lam[..., None, None] * dev, cfg.cov_floor)
+
+
+def _factor(m: Mixture, labels, comp):
+    """A square-root factor [N, d, d] of each drawn component's covariance."""
+    if m.rot is None:
+        return m.chol[labels]
+    q = m.sub_chol.shape[-1]
+    n, d = labels.shape[0], m.rot.shape[-1]
+    f = jnp.zeros((n, d, d), m.chol.dtype)
+    f = f.at[:, :q, :q].set(m.sub_chol[labels, comp]).at[:, q:, q:].set(m.chol[labels])
+    return jnp.einsum("nde,nef->ndf", m.rot[labels], f)
 
 
 def split(cfg: FedmixConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> Mixture:
@@ -332,11 +441,13 @@ def split(cfg: FedmixConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> 
     equal weights (post-processing)."""
     C, d, K = cfg.num_classes, cfg.dim, cfg.components
     z = jax.random.normal(key, (C, K, d))
-    means = m.means[:, :1] + cfg.split_scale * jnp.einsum("cde,cke->ckd", m.chol, z)
+    factor = _factor(m, jnp.arange(C), jnp.zeros(C, jnp.int32))  # [C, d, d]
+    means = m.means[:, :1] + cfg.split_scale * jnp.einsum("cde,cke->ckd", factor, z)
     k_c = num_components(cfg, jnp.exp(m.class_log_probs), moment_noise_std)  # [C]
     used = jnp.arange(K)[None, :] < k_c[:, None]
     log_w = jnp.where(used, -jnp.log(k_c.astype(jnp.float32))[:, None], NEG)
-    return Mixture(means, log_w, m.chol, m.class_log_probs)
+    sub_chol = None if m.sub_chol is None else jnp.broadcast_to(m.sub_chol[:, :1], (C, K) + m.sub_chol.shape[2:])
+    return Mixture(means, log_w, m.chol, m.class_log_probs, m.rot, sub_chol)
 
 
 def sample(cfg: FedmixConfig, basis_, m: Mixture, labels, key) -> np.ndarray:
@@ -345,7 +456,14 @@ def sample(cfg: FedmixConfig, basis_, m: Mixture, labels, key) -> np.ndarray:
     kc, kz = jax.random.split(key)
     comp = jax.random.categorical(kc, m.log_weights[labels])  # [N]
     z = jax.random.normal(kz, (labels.shape[0], cfg.dim))
-    u = m.means[labels, comp] + cfg.temperature * jnp.einsum("nde,ne->nd", m.chol[labels], z)
+    if m.rot is None:
+        noise = jnp.einsum("nde,ne->nd", m.chol[labels], z)
+    else:  # in the class basis: the component's subspace block, then the shared rest
+        q = m.sub_chol.shape[-1]
+        e = jnp.concatenate([jnp.einsum("nij,nj->ni", m.sub_chol[labels, comp], z[:, :q]),
+                             jnp.einsum("nij,nj->ni", m.chol[labels], z[:, q:])], axis=-1)
+        noise = jnp.einsum("nde,ne->nd", m.rot[labels], e)
+    u = m.means[labels, comp] + cfg.temperature * noise
     return ff.decode(basis_, u, cfg.clip, cfg.image_shape)
 
 

@@ -76,7 +76,7 @@ def target_scores(cfg: fm.FedmixConfig, basis, x_client, y_client, mask, x_query
     def one(u_star, c_star, pub):
         m = crafted_mixture(cfg, u_star, c_star, pub, scale)
         v = fm.client_stat(cfg, basis, m, x_client, y_client, mask, K, second=False)
-        first = v.reshape((cfg.num_classes, K, d + 1))[c_star, 0]
+        first = fm.unpack(cfg, v, K, second=False, sub=cfg.sub_rank > 0)[0][c_star, 0]
         direction = jnp.concatenate([jnp.array([a]), b * u_star])
         return jnp.dot(first, direction) / jnp.linalg.norm(direction)
 
@@ -113,8 +113,10 @@ def crafted_mixture(cfg: fm.FedmixConfig, u_star, c_star, pub, scale: float = 0.
     means = onehot[:, None, None] * mc[None]
     base = jnp.full((C, K), fm.NEG).at[:, 0].set(0.0)
     log_w = jnp.where(onehot[:, None] > 0, lws[None], base)
-    chol = jnp.tile(scale * jnp.eye(d), (C, 1, 1))
-    return fm.Mixture(means, log_w, chol, jnp.zeros(C))
+    q = cfg.sub_rank  # a run with component covariances: the same isotropic covariance in that form
+    chol = jnp.tile(scale * jnp.eye(d - q), (C, 1, 1))
+    sub = dict(rot=jnp.tile(jnp.eye(d), (C, 1, 1)), sub_chol=jnp.tile(scale * jnp.eye(q), (C, K, 1, 1))) if q else {}
+    return fm.Mixture(means, log_w, chol, jnp.zeros(C), **sub)
 
 
 def noise_multipliers(t, epsilon: float) -> tuple[tuple[float, ...], str]:

@@ -1,6 +1,8 @@
 """Fedmix: statistics, release, sums over the client axis, calibration, fit (tiny shapes)."""
 
+import dataclasses
 import math
+import os
 
 import dp_accounting
 import jax
@@ -266,3 +268,191 @@ def test_combined_rounds_average_one_component_classes_by_inverse_variance():
     n_c1 = (w1 * 80.0 + w2b * 100.0) / (w1 + w2b)
     np.testing.assert_allclose(float(np.exp(m.class_log_probs[1])), n_c1, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(m.means[1]), 0.3 * 50.0 / (n_c1 / 2), rtol=1e-4)
+
+
+# ---- component covariances in the class's leading subspace (sub_rank q > 0) -------------------
+
+SUB = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, clip=2.0, components=2, count_weight=0.5, mean_weight=2.0,
+                      sub_rank=3, sub_weight=0.7)
+
+
+def _sub_model(seed=2, scale=1.0):
+    """A broadcast with random orthonormal bases, random subspace blocks and shared rests."""
+    d, q = SUB.dim, SUB.sub_rank
+    k = jax.random.split(jax.random.key(seed), 5)
+    rot = jnp.linalg.qr(jax.random.normal(k[0], (3, d, d)))[0] * scale
+    a = jax.random.normal(k[1], (3, 2, q, q)) * 0.2
+    sub_chol = jnp.linalg.cholesky(a @ jnp.swapaxes(a, -1, -2) + 0.02 * jnp.eye(q))
+    b = jax.random.normal(k[2], (3, d - q, d - q)) * 0.1
+    chol = jnp.linalg.cholesky(b @ jnp.swapaxes(b, -1, -2) + 0.05 * jnp.eye(d - q))
+    return fm.Mixture(jax.random.normal(k[3], (3, 2, d)) * 0.1, jnp.log(jnp.array([[0.4, 0.6]] * 3)), chol,
+                      jnp.zeros(3), rot, sub_chol)
+
+
+def _dense_covariances(m):
+    """numpy: each component's full covariance rot blockdiag(S_k, R_c) rot^T."""
+    rot, q = np.asarray(m.rot, np.float64), m.sub_chol.shape[-1]
+    out = np.zeros(m.means.shape[:2] + (rot.shape[1],) * 2)
+    for c in range(out.shape[0]):
+        rest = np.asarray(m.chol[c], np.float64) @ np.asarray(m.chol[c], np.float64).T
+        for k in range(out.shape[1]):
+            s = np.asarray(m.sub_chol[c, k], np.float64)
+            block = np.zeros((rot.shape[1],) * 2)
+            block[:q, :q], block[q:, q:] = s @ s.T, rest
+            out[c, k] = rot[c] @ block @ rot[c].T
+    return out
+
+
+def test_component_covariance_stat_equals_numpy():
+    """E-step under full per-component Gaussians and the subspace moments, entry by entry."""
+    x, y = _data()
+    m, q = _sub_model(), SUB.sub_rank
+    u, covs = _ref_u(x), _dense_covariances(m)
+    d, C, K = u.shape[1], 3, 2
+    first, sub = np.zeros((C, K, d + 1)), np.zeros((C, K, q * (q + 1) // 2))
+    for i in range(len(y)):
+        diff = u[i] - np.asarray(m.means[y[i]], np.float64)
+        lp = np.array([np.asarray(m.log_weights[y[i], k]) - 0.5 * diff[k] @ np.linalg.solve(covs[y[i], k], diff[k])
+                       - 0.5 * np.linalg.slogdet(covs[y[i], k])[1] for k in range(K)])
+        r = np.exp(lp - lp.max()) / np.exp(lp - lp.max()).sum()
+        w = np.asarray(m.rot[y[i]], np.float64)[:, :q].T @ u[i]
+        w = w / max(1.0, np.linalg.norm(w))
+        outer = np.outer(w, w)
+        vech = np.array([outer[a, b] * (1 if a == b else math.sqrt(2)) for a in range(q) for b in range(a, q)])
+        first[y[i]] += r[:, None] * np.concatenate([[SUB.count_weight], SUB.mean_weight * u[i]])[None]
+        sub[y[i]] += r[:, None] * SUB.sub_weight * vech[None]
+    got = fm.client_stat(SUB, jnp.asarray(fm.basis(SUB)), m, x, y, jnp.ones(len(y), bool), K)
+    assert got.shape == (fm.stat_size(SUB, K, second=False, sub=True),)
+    np.testing.assert_allclose(got, np.concatenate([first.ravel(), sub.ravel()]), rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 50.0])
+def test_component_covariance_rounds_stay_within_their_sensitivity(scale):
+    """One example's later-round vector has norm <= sqrt(a^2 + b^2 + c^2) whatever basis the
+    server broadcasts (scale 50: a crafted, non-orthonormal basis meant to inflate w)."""
+    x, y = _data(60)
+    b, m = jnp.asarray(fm.basis(SUB)), _sub_model(scale=scale)
+    bound = math.sqrt(SUB.count_weight ** 2 + SUB.mean_weight ** 2 + SUB.sub_weight ** 2)
+    assert SUB.round_sensitivity(1) == pytest.approx(bound)
+    norms = [float(jnp.linalg.norm(fm.client_stat(SUB, b, m, x[i:i + 1], y[i:i + 1], jnp.ones((1,), bool), 2)))
+             for i in range(len(y))]
+    assert max(norms) <= bound + 1e-5
+    assert max(norms) > 0.9 * math.hypot(SUB.count_weight, SUB.mean_weight)
+
+
+def test_component_covariances_are_recovered_without_noise():
+    """Two clusters in one class with different long axes: broadcast a mixture whose means are
+    the clusters' centres, and the noiseless M-step gives each component the responsibility-
+    weighted covariance of the examples on the class subspace (numpy), each its own long axis."""
+    rng = np.random.default_rng(0)
+    cfg = fm.FedmixConfig((8, 8, 1), 1, dct_k=3, clip=1e4, components=2, sub_rank=2, rounds=3,
+                          count_floor=1.0, cov_floor=1e-12)
+    d, basis = cfg.dim, fm.basis(cfg)
+    offset = np.r_[1000.0, 0, 0, 0, 0, 0]  # DC: pixels ~ 125, so no clipping to [0, 255] (u = z / 255 / clip)
+    centres = [offset + [0, 60, 0, 0, 0, 0], offset + [0, -60, 0, 0, 0, 0]]
+    scales = [np.array([0.5, 1, 12, 1, 1, 1]), np.array([0.5, 1, 1, 12, 1, 1])]
+    z = np.concatenate([c + rng.normal(size=(500, d)) * s for c, s in zip(centres, scales)])
+    x = np.clip(np.round(z @ basis.T), 0, 255).astype(np.uint8).reshape(-1, 8, 8, 1)
+    y, b = np.zeros(len(x), np.int32), jnp.asarray(basis)
+    s1 = fm.client_stat(cfg, b, None, x, y, jnp.ones(len(y), bool))
+    m1 = fm.fit(cfg, s1, 1)
+    m1 = fm.split(cfg, m1, jax.random.key(0))
+    m1 = fm.Mixture(jnp.asarray(np.stack(centres)[None] / 255.0 / cfg.clip, jnp.float32), m1.log_weights, m1.chol,
+                    m1.class_log_probs, m1.rot, m1.sub_chol)
+    s2 = fm.client_stat(cfg, b, m1, x, y, jnp.ones(len(y), bool), 2)
+    fitted = fm.fit(cfg, s2, 2, fm.unpack(cfg, s1, 1)[1], prev=m1, round_index=1)
+    u = np.asarray(ff.clipped_coefficients(b, x, cfg.clip), np.float64)
+    r = np.asarray(fm.responsibilities(m1, jnp.asarray(u, jnp.float32), jnp.asarray(y)), np.float64)
+    v = np.asarray(fitted.rot[0], np.float64)[:, :2]  # the broadcast basis: the class's leading directions
+    covs = _dense_covariances(fitted)[0]
+    for k in range(2):  # the M-step: responsibility-weighted covariance of the class coordinates
+        w = u @ v
+        mean = (r[:, k] @ w) / r[:, k].sum()
+        emp = (r[:, k, None] * (w - mean)).T @ (w - mean) / r[:, k].sum()
+        np.testing.assert_allclose(v.T @ covs[k] @ v, emp, rtol=0.02, atol=1e-9)
+    own = [np.argmax(np.diag(covs[k])[2:4]) for k in range(2)]
+    assert own == [0, 1]  # each component keeps its own long axis (atoms 2 and 3)
+
+
+def test_noisy_component_blocks_shrink_towards_the_class_block():
+    """Where the release noise swamps a component's subspace scatter, its block falls back to
+    the class block (tied model); with no noise it is the component's own."""
+    x, y = _data(200)
+    b = jnp.asarray(fm.basis(SUB))
+    s1 = fm.client_stat(SUB, b, None, x, y, jnp.ones(len(y), bool))
+    m1 = fm.split(SUB, fm.fit(SUB, s1, 1), jax.random.key(0))
+    moments = fm.unpack(SUB, s1, 1)[1]
+    s2 = fm.client_stat(SUB, b, m1, x, y, jnp.ones(len(y), bool), 2)
+    n_first = fm.stat_size(SUB, 2, second=False)
+    noise = 100.0  # on the subspace moments only, so counts, means and the class block stay exact
+    noisy = s2.at[n_first:].add(noise * jax.random.normal(jax.random.key(1), (s2.shape[0] - n_first,)))
+    std1 = noise * SUB.round_sensitivity(0) / SUB.round_sensitivity(1)  # round 1's std giving round 2's = noise
+    fitted = fm.fit(SUB, noisy, 2, moments, moment_noise_std=std1, prev=m1, round_index=1)
+    clean = fm.fit(SUB, s2, 2, moments, prev=m1, round_index=1)
+    # the class block: the tied model's class covariance (same release, sub_rank 0) on the basis V
+    tied_cfg = dataclasses.replace(SUB, sub_rank=0)
+    prev = fm.Mixture(m1.means, m1.log_weights, m1.chol, m1.class_log_probs)
+    chol = fm.fit(tied_cfg, s2[:n_first], 2, moments, prev=prev, round_index=1).chol
+    v = np.asarray(m1.rot[:, :, :3], np.float64)
+    cov = np.asarray(chol, np.float64) @ np.asarray(chol, np.float64).swapaxes(1, 2)
+    block = v.swapaxes(1, 2) @ cov @ v
+    for k in range(2):
+        sk = np.asarray(fitted.sub_chol[:, k] @ jnp.swapaxes(fitted.sub_chol[:, k], -1, -2))
+        np.testing.assert_allclose(sk, block, rtol=1e-3, atol=1e-6)
+    assert not np.allclose(np.asarray(clean.sub_chol[:, 0]), np.asarray(clean.sub_chol[:, 1]), atol=1e-3)
+
+
+def test_component_covariances_without_later_rounds_are_refused_writing_nothing(tmp_path, capsys):
+    from fedjax_gen import cli
+
+    out = tmp_path / "never"
+    code = cli.run(cli.main_for("fedmix"), ["--clients", "5", "--em-rounds", "1", "--component-cov-rank", "4",
+                                            "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert "--component-cov-rank" in err and "--em-rounds" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_budget_split_releases_compose_to_the_requested_epsilon():
+    """--budget-split 4,1,1: three releases with sigma_r = z / sqrt(w_r), each at its own
+    sensitivity, compose (dp-accounting PLD, directly) to the one-Gaussian plan's epsilon, and
+    round 1 gets the smallest noise multiplier."""
+    from fedjax_gen import methods
+    from fedjax_gen.config import PerformanceFlags, RunConfig
+    from fedjax_gen.data import load_dataset
+    from fedjax_gen.errors import InvalidValue
+    from fedjax_gen.federated.execution import default_execution
+    from fedjax_gen.privacy.config import PrivacyConfig
+
+    digits, counts = load_dataset("digits"), np.full(20, 60)
+    m = methods.get("fedmix")
+
+    def build(**opts):
+        ctx = methods.BuildContext(digits, counts, m.Options(**opts), PrivacyConfig(unit="example", epsilon=1.0,
+                                                                                     accountant="pld"),
+                                   PerformanceFlags(), RunConfig(), default_execution("mlp"))
+        return m.build(ctx)
+
+    built = build(budget_split="4,1,1")
+    mult = built.release(None, None)[1]["noise_multipliers"]
+    assert mult[0] < mult[1] == pytest.approx(mult[2]) and mult[1] / mult[0] == pytest.approx(2.0)
+    event = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z) for z in mult])
+    eps = []
+    for e in (event, dp_accounting.GaussianDpEvent(built.plan.noise_multiplier)):
+        pld = dp_accounting.pld.PLDAccountant()
+        pld.compose(e)
+        eps.append(pld.get_epsilon(1e-5))
+    assert eps[0] == pytest.approx(eps[1], rel=1e-2) and eps[0] <= 1.0 + 1e-2
+    assert built.config.budget_split == (4.0, 1.0, 1.0)
+    for bad in ("2,1", "2,1,0", "a,b,c"):
+        with pytest.raises(InvalidValue, match="budget_split"):
+            build(budget_split=bad)
+    with pytest.raises(InvalidValue, match="budget_split"):
+        build(budget_split="2,1,1", secure_aggregation="secagg")
+    assert build().config.budget_split == (2.0, 1.0, 1.0)  # auto at eps 1: round 1 (the second moment) doubled
+    assert build(secure_aggregation="secagg").config.budget_split == (1.0, 1.0, 1.0)  # one Skellam noise level
+    assert build(em_rounds=1).config.budget_split == (2.0,)
+    ctx = methods.BuildContext(digits, counts, m.Options(), PrivacyConfig(unit="example", epsilon=0.2),
+                               PerformanceFlags(), RunConfig(), default_execution("mlp"))
+    assert m.build(ctx).plan.noise_multiplier > 8 and m.build(ctx).config.budget_split == (1.0, 1.0, 1.0)

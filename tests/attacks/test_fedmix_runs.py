@@ -2,6 +2,7 @@
 the attack on a tiny real fedmix run (experiments/fedmix.py -> experiments/attack.py) reports
 AUC ~1 without DP and at most the GDP bound (within sampling error) with it."""
 
+import dataclasses
 import json
 import math
 import os
@@ -69,15 +70,18 @@ def test_crafted_broadcast_cannot_raise_the_sensitivity():
     assert worst > 0.9 * math.hypot(CFG.count_weight, CFG.mean_weight)  # the bound is reached (tight)
 
 
-def test_scores_separate_members_without_noise():
+@pytest.mark.parametrize("sub_rank", [0, 4])
+def test_scores_separate_members_without_noise(sub_rank):
+    """Also against a run with component covariances (its later uploads carry subspace moments)."""
+    cfg = dataclasses.replace(CFG, sub_rank=sub_rank)
     x, y, xt, yt = _digits()
-    b = jnp.asarray(fm.basis(CFG))
+    b = jnp.asarray(fm.basis(cfg))
     xc, yc = x[:30], y[:30]
     mask = jnp.ones(30, bool)
-    sm = fr.target_scores(CFG, b, jnp.asarray(xc), jnp.asarray(yc), mask, xc, yc, xt[100:], yt[100:], 0.01)
-    sn = fr.target_scores(CFG, b, jnp.asarray(xc), jnp.asarray(yc), mask, xt[:30], yt[:30], xt[100:], yt[100:], 0.01)
-    norm = np.hypot(CFG.count_weight, CFG.mean_weight * np.linalg.norm(
-        np.asarray(ff.clipped_coefficients(b, jnp.asarray(xc), CFG.clip)), axis=1))
+    sm = fr.target_scores(cfg, b, jnp.asarray(xc), jnp.asarray(yc), mask, xc, yc, xt[100:], yt[100:], 0.01)
+    sn = fr.target_scores(cfg, b, jnp.asarray(xc), jnp.asarray(yc), mask, xt[:30], yt[:30], xt[100:], yt[100:], 0.01)
+    norm = np.hypot(cfg.count_weight, cfg.mean_weight * np.linalg.norm(
+        np.asarray(ff.clipped_coefficients(b, jnp.asarray(xc), cfg.clip)), axis=1))
     assert np.mean(np.abs(sm - norm) < 0.05) > 0.9  # a member's score is ||v|| (its own vector)
     assert np.mean(np.abs(sn) < 0.05) > 0.9  # a non-member's ~0
 
