@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 SKIP_SUFFIX = ".skipped.json"
-COLUMNS = ("method", "partition", "epsilon", "seed", "privacy_unit", "tstr_accuracy", "tstr_logreg", "real_ceiling",
+COLUMNS = ("method", "dataset", "partition", "epsilon", "seed", "privacy_unit", "tstr_accuracy", "tstr_logreg", "real_ceiling",
            "fid", "precision", "recall", "mmd_rbf", "label_tv", "bytes_up_per_client", "bytes_down_per_client",
            "rounds", "compression_ratio", "wall_seconds", "attack", "attack_auc", "attack_tpr_at_1pct_fpr",
            "status", "run")
@@ -51,7 +51,8 @@ def row_of(run_dir: str) -> dict | None:
     name, auc, tpr = _strongest_attack(attacks)
     target = (cfg.get("privacy") or {}).get("epsilon")
     return {
-        "method": res.get("method", res.get("algorithm")), "partition": res.get("partition"),
+        "method": res.get("method", res.get("algorithm")), "dataset": res.get("dataset"),
+        "partition": res.get("partition"),
         "epsilon": target if target is not None else priv.get("epsilon"), "seed": (cfg.get("data") or {}).get("seed"),
         "privacy_unit": priv.get("privacy_unit"),
         **{k: res.get(k) for k in ("tstr_accuracy", "tstr_logreg", "real_ceiling", "fid", "precision", "recall",

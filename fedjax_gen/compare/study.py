@@ -95,7 +95,8 @@ def write_outputs(root: str, dataset: str, command: str = "") -> dict:
         raise UserError(f"{root} holds no finished run: run the comparison first (or check --collect's path)")
     agg = collect.aggregate(rows)
     report.write_csv(rows, os.path.join(root, "comparison.csv"))
-    md = report.markdown(agg, dataset)
+    found = sorted({r["dataset"] for r in rows if r.get("dataset")})  # what the runs used (--collect: any root)
+    md = report.markdown(agg, ", ".join(found) or dataset)
     with open(os.path.join(root, "comparison.md"), "w") as f:
         f.write(md + f"\nCommand: `{command}`\n")
     plot_dir = os.path.join(root, "plots")

@@ -65,8 +65,10 @@ def _finished_runs_are_reused_and_collect_rebuilds_the_table(study):
     assert cli.run(cli.compare_main, argv) == 0  # resumes: nothing retrained
     assert all(os.path.getmtime(os.path.join(root, d, "results.json")) == t for d, t in stamps.items())
     os.remove(os.path.join(root, "comparison.csv"))
-    assert cli.run(cli.compare_main, ["--collect", root]) == 0
+    # the table names the runs' dataset, whatever --dataset says (it defaults to digits)
+    assert cli.run(cli.compare_main, ["--collect", root, "--dataset", "mnist"]) == 0
     assert len(list(csv.DictReader(open(os.path.join(root, "comparison.csv"))))) == len(collect.collect(root))
+    assert open(os.path.join(root, "comparison.md")).readline().strip() == "# Comparison on digits"
 
 
 def test_pareto_frontier_against_brute_force():
