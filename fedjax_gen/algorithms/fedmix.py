@@ -123,6 +123,15 @@ class Mixture:
 NEG = -1e9  # log weight of an unused component (finite: the driver checks that states are finite)
 
 
+def isotropic(means, log_weights, class_log_probs, scale: float, sub_rank: int = 0) -> Mixture:
+    """Every component's covariance scale^2 I, in the tied form (sub_rank 0) or the
+    component-covariance form of the same shape a sub_rank run broadcasts."""
+    C, K, d = means.shape
+    q = sub_rank
+    sub = dict(rot=jnp.tile(jnp.eye(d), (C, 1, 1)), sub_chol=jnp.tile(scale * jnp.eye(q), (C, K, 1, 1))) if q else {}
+    return Mixture(means, log_weights, jnp.tile(scale * jnp.eye(d - q), (C, 1, 1)), class_log_probs, **sub)
+
+
 def basis(cfg: FedmixConfig) -> np.ndarray:
     return ff.dct_basis(cfg.image_shape[0], cfg.image_shape[1], cfg.dct_k)
 
@@ -171,18 +180,19 @@ def responsibilities(model: Mixture, u, y):
 def _responsibilities_sub(model: Mixture, u, y):
     """E-step with component covariances rot blockdiag(S_k, R_c) rot^T: the Mahalanobis
     distance splits into the subspace part (per component, q x q) and the shared rest; the
-    components' log-determinants differ only by their S_k."""
+    components' log-determinants differ only by their S_k. As in the tied E-step, the shared
+    whitening is applied to each example once and to each class's means once (it is linear)."""
     q = model.sub_chol.shape[-1]
     e = jnp.einsum("bdf,bd->bf", model.rot[y], u)  # [B, d] in the class basis
-    m = jnp.einsum("cdf,ckd->ckf", model.rot, model.means)[y]  # [B, K, d]
-    diff = e[:, None, :] - m  # [B, K, d]
-    d_rest = diff[..., q:]
+    m = jnp.einsum("cdf,ckd->ckf", model.rot, model.means)  # [C, K, d]
     eye_r = jnp.eye(model.chol.shape[-1], dtype=model.chol.dtype)
-    white_r = jax.scipy.linalg.solve_triangular(model.chol, eye_r[None], lower=True)[y]  # [B, d-q, d-q]
-    maha = jnp.sum(jnp.einsum("bij,bkj->bki", white_r, d_rest) ** 2, axis=-1)  # [B, K]
+    white_r = jax.scipy.linalg.solve_triangular(model.chol, eye_r[None], lower=True)  # [C, d-q, d-q]
+    ew = jnp.einsum("bij,bj->bi", white_r[y], e[:, q:])  # [B, d-q]
+    mw = jnp.einsum("cij,ckj->cki", white_r, m[..., q:])[y]  # [B, K, d-q]
+    maha = jnp.sum((ew[:, None, :] - mw) ** 2, axis=-1)  # [B, K]
     eye_s = jnp.eye(q, dtype=model.sub_chol.dtype)
     white_s = jax.scipy.linalg.solve_triangular(model.sub_chol, eye_s, lower=True)[y]  # [B, K, q, q]
-    maha = maha + jnp.sum(jnp.einsum("bkij,bkj->bki", white_s, diff[..., :q]) ** 2, axis=-1)
+    maha = maha + jnp.sum(jnp.einsum("bkij,bkj->bki", white_s, e[:, None, :q] - m[y][..., :q]) ** 2, axis=-1)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(model.sub_chol, axis1=-2, axis2=-1)), axis=-1)[y]  # [B, K]
     logits = model.log_weights[y] - 0.5 * maha - 0.5 * logdet
     return jax.nn.softmax(logits, axis=-1)
@@ -424,15 +434,16 @@ def _component_covariances(cfg: FedmixConfig, evals, evecs, prev, sub, n, mu, no
     return rot, chol, _floored_chol(block[:, None] + lam[..., None, None] * dev, cfg.cov_floor)
 
 
-def _factor(m: Mixture, labels, comp):
-    """A square-root factor [N, d, d] of each drawn component's covariance."""
+def _component_noise(m: Mixture, labels, comp, z):
+    """z [N, d] standard normal -> noise [N, d] with component comp [N] of class labels [N]'s
+    covariance (tied: chol z; otherwise, in the class basis, the component's subspace block,
+    then the shared rest)."""
     if m.rot is None:
-        return m.chol[labels]
+        return jnp.einsum("nde,ne->nd", m.chol[labels], z)
     q = m.sub_chol.shape[-1]
-    n, d = labels.shape[0], m.rot.shape[-1]
-    f = jnp.zeros((n, d, d), m.chol.dtype)
-    f = f.at[:, :q, :q].set(m.sub_chol[labels, comp]).at[:, q:, q:].set(m.chol[labels])
-    return jnp.einsum("nde,nef->ndf", m.rot[labels], f)
+    e = jnp.concatenate([jnp.einsum("nij,nj->ni", m.sub_chol[labels, comp], z[:, :q]),
+                         jnp.einsum("nij,nj->ni", m.chol[labels], z[:, q:])], axis=-1)
+    return jnp.einsum("nde,ne->nd", m.rot[labels], e)
 
 
 def split(cfg: FedmixConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> Mixture:
@@ -440,9 +451,9 @@ def split(cfg: FedmixConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> 
     log weight NEG): means drawn from N(mu, split_scale^2 Sigma) with the server's own key,
     equal weights (post-processing)."""
     C, d, K = cfg.num_classes, cfg.dim, cfg.components
-    z = jax.random.normal(key, (C, K, d))
-    factor = _factor(m, jnp.arange(C), jnp.zeros(C, jnp.int32))  # [C, d, d]
-    means = m.means[:, :1] + cfg.split_scale * jnp.einsum("cde,cke->ckd", factor, z)
+    z = jax.random.normal(key, (C * K, d))
+    noise = _component_noise(m, jnp.repeat(jnp.arange(C), K), jnp.zeros(C * K, jnp.int32), z).reshape((C, K, d))
+    means = m.means[:, :1] + cfg.split_scale * noise
     k_c = num_components(cfg, jnp.exp(m.class_log_probs), moment_noise_std)  # [C]
     used = jnp.arange(K)[None, :] < k_c[:, None]
     log_w = jnp.where(used, -jnp.log(k_c.astype(jnp.float32))[:, None], NEG)
@@ -456,14 +467,7 @@ def sample(cfg: FedmixConfig, basis_, m: Mixture, labels, key) -> np.ndarray:
     kc, kz = jax.random.split(key)
     comp = jax.random.categorical(kc, m.log_weights[labels])  # [N]
     z = jax.random.normal(kz, (labels.shape[0], cfg.dim))
-    if m.rot is None:
-        noise = jnp.einsum("nde,ne->nd", m.chol[labels], z)
-    else:  # in the class basis: the component's subspace block, then the shared rest
-        q = m.sub_chol.shape[-1]
-        e = jnp.concatenate([jnp.einsum("nij,nj->ni", m.sub_chol[labels, comp], z[:, :q]),
-                             jnp.einsum("nij,nj->ni", m.chol[labels], z[:, q:])], axis=-1)
-        noise = jnp.einsum("nde,ne->nd", m.rot[labels], e)
-    u = m.means[labels, comp] + cfg.temperature * noise
+    u = m.means[labels, comp] + cfg.temperature * _component_noise(m, labels, comp, z)
     return ff.decode(basis_, u, cfg.clip, cfg.image_shape)
 
 

@@ -113,10 +113,7 @@ def crafted_mixture(cfg: fm.FedmixConfig, u_star, c_star, pub, scale: float = 0.
     means = onehot[:, None, None] * mc[None]
     base = jnp.full((C, K), fm.NEG).at[:, 0].set(0.0)
     log_w = jnp.where(onehot[:, None] > 0, lws[None], base)
-    q = cfg.sub_rank  # a run with component covariances: the same isotropic covariance in that form
-    chol = jnp.tile(scale * jnp.eye(d - q), (C, 1, 1))
-    sub = dict(rot=jnp.tile(jnp.eye(d), (C, 1, 1)), sub_chol=jnp.tile(scale * jnp.eye(q), (C, K, 1, 1))) if q else {}
-    return fm.Mixture(means, log_w, chol, jnp.zeros(C), **sub)
+    return fm.isotropic(means, log_w, jnp.zeros(C), scale, cfg.sub_rank)  # sub_rank: the form the run's clients expect
 
 
 def noise_multipliers(t, epsilon: float) -> tuple[tuple[float, ...], str]:

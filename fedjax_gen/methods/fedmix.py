@@ -65,10 +65,8 @@ def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis, moment_std: float) -> 
         del key
         from fedjax_gen.algorithms import fedmix_features as ff
 
-        q = cfg.sub_rank
-        sub = dict(rot=jnp.tile(jnp.eye(d), (C, 1, 1)), sub_chol=jnp.tile(jnp.eye(q), (C, K, 1, 1))) if q else {}
-        mix = fm.Mixture(jnp.zeros((C, K, d)), jnp.full((C, K), -math.log(K)), jnp.tile(jnp.eye(d - q), (C, 1, 1)),
-                         jnp.full((C,), -math.log(C)), **sub)
+        mix = fm.isotropic(jnp.zeros((C, K, d)), jnp.full((C, K), -math.log(K)), jnp.full((C,), -math.log(C)), 1.0,
+                           cfg.sub_rank)
         return {"mixture": mix, "second": jnp.zeros((C, ff.num_moments(d))), "round": jnp.int32(0)}
 
     def update(K_stat):
