@@ -143,8 +143,9 @@ class RunConfig:
                                    min=0, resumable=True)
     log_every: int = option(100, "server-phase steps between metrics.jsonl records", min=1, resumable=True)
     uplink: str = option("none", "uplink compression of client uploads: none | q<BITS> (unbiased stochastic "
-                         "quantisation, e.g. q8) | topk:<FRACTION> (largest entries per tensor, e.g. topk:0.1); "
-                         "bytes_up counts what is really sent")
+                         "quantisation, e.g. q8) | topk:<FRACTION> (largest entries per tensor, e.g. topk:0.1) | "
+                         "topk-ef:<FRACTION> (top-k with error feedback: each client keeps what it did not "
+                         "send and adds it to its next upload); bytes_up counts what is really sent")
     save_uploads: int = option(50, "write clients 0..N-1's uploads, as the server received them, to "
                                "uploads.npz (for experiments/attack.py; 0: none)", min=0)
     progress: bool = option(True, "progress bar", negate="--no-progress", resumable=True)

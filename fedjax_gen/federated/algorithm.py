@@ -11,6 +11,11 @@ round `(state, data, key) -> (state, metrics)` for any client-execution strategy
 `client` is a `ClientData` whose leaves have no client axis (x [N, H, W, C], y [N],
 mask [N], counts []). The engine sums ClientOutputs over sampled clients (masked clients
 contribute exactly zero), so client_update returns already-weighted quantities.
+
+Stateful clients (`stateful_clients=True`; error feedback's residual is the use): the state
+is a `WithClientStates`, and client_update(message, client, key, own) -> (ClientOutput,
+new_own) reads and returns the client's own row; the engine gathers the sampled rows and
+writes back the new ones (a masked or non-finite client keeps its row).
 """
 
 from __future__ import annotations
@@ -40,6 +45,19 @@ class ClientOutput:
     metrics: dict
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class WithClientStates:
+    """A stateful-client algorithm's state: the server's, and every client's private state
+    (leaves [num_clients, ...]: row i is client i's). In a deployment row i lives on client i
+    and nobody else reads it; the simulation keeps the rows beside the server state so a
+    checkpoint resumes them. Only the engine touches `clients`: it gathers the sampled rows
+    for client_update and writes back what the clients return."""
+
+    server: PyTree
+    clients: PyTree
+
+
 @dataclasses.dataclass(frozen=True)
 class FederatedAlgorithm:
     name: str
@@ -47,6 +65,12 @@ class FederatedAlgorithm:
     broadcast: Callable[[PyTree], PyTree]
     client_update: Callable[..., ClientOutput]
     server_update: Callable[..., tuple[PyTree, dict]]
+    stateful_clients: bool = False  # see the module docstring
+
+
+def server_state(state):
+    """The server's part of a round state (the whole state unless clients keep their own)."""
+    return state.server if isinstance(state, WithClientStates) else state
 
 
 def weighted_mean(summed: ClientOutput):

@@ -1,12 +1,13 @@
 """Float compression of client uploads, with the exact number of bytes each one sends.
 
-  Compression(kind="none" | "quantize" | "topk", bits=32, fraction=1.0)
+  Compression(kind="none" | "quantize" | "topk", bits=32, fraction=1.0, error_feedback=False)
   stochastic_quantize(x, bits, key) -> x_hat            unbiased: E[x_hat] = x
   top_k(x, fraction) -> x with all but its k largest-|x| entries zeroed
   compress_tree(tree, config, key) -> tree as the server reconstructs it
   compressed_bytes(tree_or_shapes, config) -> int       exact wire size (values + indices + scales)
   top_k_error_feedback(update, residual, fraction) -> (sent, new_residual)   one client, one round
   compress_uplink(algorithm, config) -> FederatedAlgorithm                    the transform
+  error_feedback_uplink(algorithm, config, num_clients, example_client)      topk with per-client residuals
 
 Wire formats, per tensor (leaf) of n entries with itemsize s bytes (4 for float32):
   none, or quantize with bits >= 32, or topk with k == n:  n * s           (raw)
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm
+from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, WithClientStates
 
 _KEY_SALT = 0x51A7  # compression randomness: fold_in(client key, salt); the inner key is untouched
 UPLINK_BYTES = "uplink_bytes"
@@ -42,11 +43,14 @@ UPLINK_BYTES = "uplink_bytes"
 @dataclasses.dataclass(frozen=True)
 class Compression:
     """kind: "none", "quantize" (bits per entry) or "topk" (keep ceil(fraction * n) entries
-    of every tensor). bits >= 32 and fraction >= 1 send raw, exactly as "none"."""
+    of every tensor). bits >= 32 and fraction >= 1 send raw, exactly as "none".
+    error_feedback (topk only): each client adds what it did not send to its next upload
+    (`error_feedback_uplink`)."""
 
     kind: str = "none"
     bits: int = 32
     fraction: float = 1.0
+    error_feedback: bool = False
 
     def __post_init__(self):
         if self.kind not in ("none", "quantize", "topk"):
@@ -55,6 +59,8 @@ class Compression:
             raise ValueError(f"quantize needs bits >= 1, got {self.bits}")
         if self.kind == "topk" and not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"topk needs 0 < fraction <= 1, got {self.fraction}")
+        if self.error_feedback and self.kind != "topk":
+            raise ValueError("error feedback is for topk (quantisation is unbiased without it)")
 
     @property
     def is_identity(self) -> bool:
@@ -144,18 +150,61 @@ def compress_uplink(algorithm: FederatedAlgorithm, config: Compression) -> Feder
     it reconstructs) and report metrics[UPLINK_BYTES]: their exact upload size in bytes,
     payload plus the raw weight (the engine averages it over sampled clients).
 
-    Stateless compression only (quantize, or topk without error feedback): the engine keeps
-    no per-client state, so error feedback is `top_k_error_feedback`, applied by a driver
-    that stores residuals per client. With an identity config the uploads, state and other
-    metrics are exactly those of `algorithm`.
+    Stateless compression (quantize, or topk without error feedback); error feedback is
+    `error_feedback_uplink`. With an identity config the uploads, state and other metrics are
+    exactly those of `algorithm`.
     """
+    if config.error_feedback:
+        raise ValueError("error feedback keeps per-client residuals: use error_feedback_uplink")
 
     def client_update(message, client, key):
         out = algorithm.client_update(message, client, key)
         upload = compress_tree(out.upload, config, jax.random.fold_in(key, _KEY_SALT))
-        nbytes = compressed_bytes(out.upload, config) + compressed_bytes(out.weight, Compression())
-        metrics = {**out.metrics, UPLINK_BYTES: jnp.asarray(nbytes, jnp.float32)}
-        return ClientOutput(upload=upload, weight=out.weight, metrics=metrics)
+        return _sent(out, upload, config)
 
     name = algorithm.name if config.is_identity else f"{algorithm.name}+{config.kind}"
     return dataclasses.replace(algorithm, name=name, client_update=client_update)
+
+
+def _sent(out: ClientOutput, upload, config: Compression) -> ClientOutput:
+    """`out` with `upload` in place of its upload and metrics[UPLINK_BYTES] its wire size."""
+    nbytes = compressed_bytes(out.upload, config) + compressed_bytes(out.weight, Compression())
+    metrics = {**out.metrics, UPLINK_BYTES: jnp.asarray(nbytes, jnp.float32)}
+    return ClientOutput(upload=upload, weight=out.weight, metrics=metrics)
+
+
+def error_feedback_uplink(algorithm: FederatedAlgorithm, config: Compression, num_clients: int,
+                          example_client) -> FederatedAlgorithm:
+    """`algorithm` whose clients send top_k(upload + residual) and keep the rest as their next
+    residual (`top_k_error_feedback`): a stateful-client algorithm (federated/algorithm.py)
+    whose state is WithClientStates(algorithm's state, residuals [num_clients, *upload]),
+    residuals starting at 0. A client's residual changes only in the rounds it is sampled.
+    example_client: one client's ClientData (arrays or ShapeDtypeStructs, no client axis),
+    for the upload's shapes. Residuals cost num_clients x the upload in memory.
+
+    Not for uploads whose sum is calibrated to a clip bound (DP noise): a residual carries a
+    client's earlier rounds into later ones."""
+    if not (config.kind == "topk" and config.error_feedback):
+        raise ValueError("error_feedback_uplink takes Compression('topk', fraction, error_feedback=True)")
+    if algorithm.stateful_clients:
+        raise ValueError(f"{algorithm.name} already keeps per-client state")
+
+    def init(key):
+        inner = algorithm.init(key)
+        shapes = jax.eval_shape(algorithm.client_update, algorithm.broadcast(inner), example_client, key).upload
+        zeros = jax.tree.map(lambda s: jnp.zeros((num_clients,) + s.shape, s.dtype), shapes)
+        return WithClientStates(server=inner, clients=zeros)
+
+    def client_update(message, client, key, residual):
+        out = algorithm.client_update(message, client, key)
+        upload, residual = top_k_error_feedback(out.upload, residual, config.fraction)
+        return _sent(out, upload, config), residual
+
+    def server_update(state, summed, num_sampled, key):
+        server, metrics = algorithm.server_update(state.server, summed, num_sampled, key)
+        return dataclasses.replace(state, server=server), metrics
+
+    return dataclasses.replace(algorithm, name=f"{algorithm.name}+topk_ef", init=init,
+                               broadcast=lambda state: algorithm.broadcast(state.server),
+                               client_update=client_update, server_update=server_update,
+                               stateful_clients=True)

@@ -27,7 +27,7 @@ from fedjax_gen.data.buckets import BucketedClientData
 from fedjax_gen.data.client_data import ClientData
 from fedjax_gen.errors import UserError
 from fedjax_gen.federated import execution as ex
-from fedjax_gen.federated.algorithm import FederatedAlgorithm
+from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, WithClientStates
 from fedjax_gen.federated.mesh import round_up
 from fedjax_gen.privacy.capacity import poisson_capacity
 
@@ -141,7 +141,11 @@ def make_round(
     (secure aggregation: key agreement, masking, unmasking; methods/secure_sum.py) -- then
     server_update receives that sum exactly as under "sum". `keep` [padded] marks the
     sampled clients (Poisson cohorts are padded to a capacity), `key` is the server key's
-    fold_in(., 1) (the server update keeps its own)."""
+    fold_in(., 1) (the server update keeps its own).
+
+    A stateful-client algorithm (algorithm.py) runs its sampled clients as "stack" does, each
+    with its own row of state.clients, then sums their outputs as "sum" does and writes the
+    returned rows back (`_stateful_finish`); it needs reduce="sum" and unbucketed data."""
     if reduce not in ("sum", "stack", "host"):
         raise ValueError(f"reduce must be 'sum', 'stack' or 'host', got {reduce!r}")
     if (reduce == "host") != (aggregate is not None):
@@ -160,7 +164,12 @@ def make_round(
     unit = n_dev if execution.kind == "vmap" else execution.chunk
     padded = round_up(capacity, unit)
 
-    if reduce == "stack":
+    if algorithm.stateful_clients:
+        if reduce != "sum":
+            raise ValueError("stateful clients need reduce='sum'")
+        # Each client's data row comes with its own state row: map over (data, state.clients).
+        mapper = ex.map_clients(lambda m, c, k: algorithm.client_update(m, c[0], k, c[1]), execution, mesh)
+    elif reduce == "stack":
         mapper = ex.map_clients(algorithm.client_update, execution, mesh)
         summer = lambda message, data, ids, keys, keep: mapper(message, data, ids[:clients_per_round],
                                                                keys[:clients_per_round])
@@ -190,7 +199,19 @@ def make_round(
                 client_metrics[ex.NONFINITE] = summed.metrics[ex.NONFINITE]
         return state, {**client_metrics, **metrics}
 
-    if reduce == "host":
+    if algorithm.stateful_clients:
+        prepare_jit = jax.jit(prepare)
+        finish_jit = jax.jit(lambda state, outs, own, ids, keep, k_server: finish(
+            *_stateful_sum(state, outs, own, ids, keep, num_clients), k_server), donate_argnums=(0,))
+
+        def step(state, data, key):
+            if isinstance(data, BucketedClientData):
+                raise ValueError("stateful clients need unbucketed client data (bucket off)")
+            message, ids, keys, keep, k_server = prepare_jit(state, key)
+            outs, own = mapper(message, (data, state.clients), ids, keys)
+            return finish_jit(state, outs, own, ids, keep, k_server)
+
+    elif reduce == "host":
         prepare_jit = jax.jit(prepare)
         finish_jit = jax.jit(finish, donate_argnums=(0,))
 
@@ -224,14 +245,32 @@ def make_round(
         message = jax.eval_shape(algorithm.broadcast, example_state)
         if isinstance(example_data, BucketedClientData):  # payload sizes do not depend on N
             example_data = example_data.buckets[0]
-        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), example_data)
-        out = jax.eval_shape(algorithm.client_update, message, one, jax.random.key(0))
+        row = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+        one = row(example_data)
+        if algorithm.stateful_clients:
+            out, _ = jax.eval_shape(algorithm.client_update, message, one, jax.random.key(0),
+                                    row(example_state.clients))
+        else:
+            out = jax.eval_shape(algorithm.client_update, message, one, jax.random.key(0))
         bytes_down = clients_per_round * _tree_bytes(message)
         # A stacked round's server reads the uploads only; a summed one also needs the weights.
         weight_bytes = _tree_bytes(out.weight) if reduce == "sum" else 0  # "host": the protocol counts its own
         bytes_up = clients_per_round * (_tree_bytes(out.upload) + weight_bytes)
     return Round(step, execution, clients_per_round, padded, bytes_up, bytes_down,
                  client_sampling if poisson else "fixed", capacity)
+
+
+def _stateful_sum(state: WithClientStates, outs: ClientOutput, own, ids, keep, num_clients: int):
+    """The sum of stacked client outputs [K] as `one_client` masks it (masked and non-finite
+    clients add exactly 0 and are counted), and state with the kept clients' new rows written
+    back; every other row, the masked and non-finite clients' included, is unchanged."""
+    ok = keep & jax.vmap(ex.all_finite)((outs.upload, outs.weight))
+    lift = lambda v: ok.reshape(ok.shape + (1,) * (v.ndim - 1))
+    summed = jax.tree.map(lambda v: jnp.sum(jnp.where(lift(v), v, jnp.zeros_like(v)), axis=0), outs)
+    metrics = {**summed.metrics, ex.NONFINITE: jnp.sum(keep & ~ok).astype(jnp.float32)}
+    rows = jnp.where(ok, ids, num_clients)  # out of range: dropped (padding repeats id 0)
+    clients = jax.tree.map(lambda c, n: c.at[rows].set(n, mode="drop"), state.clients, own)
+    return dataclasses.replace(state, clients=clients), dataclasses.replace(summed, metrics=metrics)
 
 
 def place(tree, mesh):

@@ -28,9 +28,9 @@ from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.config import DataConfig, PerformanceFlags, RunConfig
 from fedjax_gen.errors import InvalidValue, NonFiniteState, UnreachableBudget, UserError
 from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place, run_rounds
-from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, compress_uplink
+from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, compress_uplink, error_feedback_uplink
 from fedjax_gen.federated.engine import client_uploads
-from fedjax_gen.federated.algorithm import ClientOutput
+from fedjax_gen.federated.algorithm import ClientOutput, server_state
 from fedjax_gen.federated.execution import all_finite
 from fedjax_gen.methods.secure_sum import SECAGG_BYTES_UP
 from fedjax_gen.privacy import config as pconfig
@@ -92,11 +92,13 @@ def _compression(job: Job, built) -> Compression:
             c = Compression("quantize", bits=int(spec[1:]))
         elif spec.startswith("topk:"):
             c = Compression("topk", fraction=float(spec[5:]))
+        elif spec.startswith("topk-ef:"):
+            c = Compression("topk", fraction=float(spec[8:]), error_feedback=True)
         else:
             raise ValueError(spec)
     except ValueError:
-        raise InvalidValue("uplink", f"{{uplink}} {spec!r}: use none, q<BITS> (e.g. q8) or topk:<FRACTION> "
-                                     "(e.g. topk:0.1)") from None
+        raise InvalidValue("uplink", f"{{uplink}} {spec!r}: use none, q<BITS> (e.g. q8), topk:<FRACTION> "
+                                     "(e.g. topk:0.1) or topk-ef:<FRACTION> (with error feedback)") from None
     if (not c.is_identity and built.plan is not None and not built.mechanism.client_side_noise):
         raise InvalidValue("uplink", f"{{uplink}} would change the clipped uploads that {job.method}'s server-side "
                                      "noise is calibrated for: drop it, or compress a client-side-noise mechanism")
@@ -104,6 +106,15 @@ def _compression(job: Job, built) -> Compression:
         raise InvalidValue("uplink", "secure aggregation quantises the uploads itself ({secagg_bits}): drop {uplink}")
     if not c.is_identity and built.reduce == "stack" and built.bytes_up is not None:
         raise InvalidValue("uplink", f"{job.method} uploads already-compact data: drop {{uplink}}")
+    if c.error_feedback and (built.rounds == 1 or built.later_rounds or built.reduce != "sum"
+                             or built.server_phase is not None or built.release is not None):
+        raise InvalidValue("uplink", f"{{uplink}} topk-ef keeps each client's residual between rounds of one "
+                                     f"summed update; {job.method} has no such rounds: use topk:<FRACTION>")
+    if c.error_feedback and job.performance.rounds_per_call > 1:
+        raise InvalidValue("rounds_per_call", "{uplink} topk-ef runs its clients from the host each round: "
+                                              "drop {rounds_per_call}")
+    if c.error_feedback and job.performance.bucket == "on":
+        raise InvalidValue("bucket", "{uplink} topk-ef keeps a residual per client row: use {bucket} off or auto")
     return c
 
 
@@ -127,16 +138,22 @@ class _Session:
             self._check_budget(resumed_from)
         _check_run(job, self.built)
         self.keys = {k: jax.random.fold_in(jax.random.key(job.data.seed), i) for i, k in enumerate(_KEYS)}
-        self.state = self.built.algorithm.init(self.keys["init"])
-        self.data = self.fed.clients_for(self.execution, min_length=self.built.min_length, bucket=perf.bucket)
+        self.compression = _compression(job, self.built)
+        # Error feedback's residuals are rows indexed by client id: one padded array, unbucketed.
+        bucket = "off" if self.compression.error_feedback else perf.bucket
+        self.data = self.fed.clients_for(self.execution, min_length=self.built.min_length, bucket=bucket)
         self.num_clients = len(self.fed.parts)
         self.cohort = self.built.clients_per_round or self.num_clients
         # A DP run draws its clients as its plan accounts them (Poisson by default).
         sampling = self.built.plan.round_sampling if self.built.plan is not None else {}
-        self.compression = _compression(job, self.built)
         algorithms = (self.built.algorithm,) + tuple(self.built.later_rounds)
-        if not self.compression.is_identity:
+        if self.compression.error_feedback:
+            one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), self.data)
+            algorithms = (error_feedback_uplink(self.built.algorithm, self.compression, self.num_clients, one),)
+        elif not self.compression.is_identity:
             algorithms = tuple(compress_uplink(a, self.compression) for a in algorithms)
+        # The round state: the method's, and with error feedback every client's residual beside it.
+        self.state = algorithms[0].init(self.keys["init"])
         if len(algorithms) > 1 and len(algorithms) != self.built.rounds:
             raise ValueError(f"{job.method}: later_rounds must hold rounds 2..{self.built.rounds}")
         aggregate = self.built.aggregate or (None,) * len(algorithms)
@@ -274,7 +291,7 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
     elapsed = lambda: elapsed0 + time.time() - t0
     bar = tqdm(initial=start, total=s.total, disable=not run.progress, unit="step", dynamic_ncols=True, mininterval=2)
     wants_uploads = built.uploads is not None and run.save_uploads > 0 and start == 0 and s.main
-    message = jax.device_get(built.algorithm.broadcast(state)) if wants_uploads else None
+    message = jax.device_get(built.algorithm.broadcast(server_state(state))) if wants_uploads else None
 
     rounds = (run_rounds(s.round, state, data, s.keys["train"], min(start, R), R, job.performance.rounds_per_call)
               if len(s.rounds) == 1 else _distinct_rounds(s.rounds, state, data, s.keys["train"], min(start, R), R))
@@ -285,7 +302,7 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
         if schedule is not None and (len(schedule) == R or done == R):
             record["epsilon"] = float(schedule[done - 1 if len(schedule) == R else -1])
         if run.eval_every and done % run.eval_every == 0 and done < R and s.main:
-            x, y = built.synthesize(distributed.to_host(state), min(run.num_synthetic or 2000, 2000),
+            x, y = built.synthesize(distributed.to_host(server_state(state)), min(run.num_synthetic or 2000, 2000),
                                     jax.random.fold_in(s.keys["eval"], done))
             record.update({f"eval_{k}": v for k, v in evaluate(s.fed.dataset, x, y, s.keys["eval"], run,
                                                                      periodic=True).items()})
@@ -298,7 +315,7 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
             if (run.checkpoint_every and done % run.checkpoint_every == 0) or done == R:
                 ckpt.save(done, state)
         if done == 1 and wants_uploads:
-            _write_uploads(s, run_dir, state, message)
+            _write_uploads(s, run_dir, server_state(state), message)
     phase = built.server_phase
     if phase is not None and start < s.total:
         step = phase.make(state)
@@ -319,7 +336,7 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
     if not s.main:
         return None
     writers.close()
-    return _finish(s, run_dir, distributed.to_host(state), wall, resumed_export=start >= s.total)
+    return _finish(s, run_dir, distributed.to_host(server_state(state)), wall, resumed_export=start >= s.total)
 
 
 def _distinct_rounds(rounds, state, data, key, start: int, end: int):

@@ -4,6 +4,7 @@ round unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import chex
@@ -15,6 +16,7 @@ import pytest
 from fedjax_gen.data import load_dataset, pad_clients, partition
 from fedjax_gen.data.client_data import to_float
 from fedjax_gen.federated import Execution, make_round
+from fedjax_gen.federated.engine import sample_clients
 from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, weighted_mean
 from fedjax_gen.federated.compression import (
     UPLINK_BYTES,
@@ -22,6 +24,7 @@ from fedjax_gen.federated.compression import (
     compress_tree,
     compress_uplink,
     compressed_bytes,
+    error_feedback_uplink,
     index_bytes,
     stochastic_quantize,
     top_k,
@@ -182,3 +185,136 @@ def test_quantised_round_reports_its_bytes_and_stays_close(clients, base):
     assert metrics[UPLINK_BYTES] == compressed_bytes(upload, config) + 4 == (64 + 8) + (10 + 8) + 4
     err = np.max(np.abs(state["mean"] - base_state["mean"]))
     assert 0 < err < 20.0 * 2 / 255  # sums of ~20 examples in [-1, 1]: 8-bit steps, then averaged
+
+
+# ---- top-k with error feedback through the engine (stateful clients) ------------------
+
+
+def _ef(fraction=0.1):
+    return Compression("topk", fraction=fraction, error_feedback=True)
+
+
+def _example_client(cd):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), cd)
+
+
+def _ef_rounds(cd, execution, rounds, per_round=PER_ROUND, algorithm=None):
+    base = algorithm or _mean_estimation()
+    algorithm = error_feedback_uplink(base, _ef(), NUM_CLIENTS, _example_client(cd))
+    state = algorithm.init(jax.random.key(0))
+    rnd = make_round(algorithm, num_clients=NUM_CLIENTS, clients_per_round=per_round, execution=execution,
+                     example_state=state, example_data=jax.tree.map(np.asarray, cd))
+    out = []
+    for r in range(rounds):
+        state, metrics = rnd.step(state, cd, jax.random.key(50 + r))
+        out.append(jax.device_get(metrics))
+    return rnd, jax.device_get(state), out
+
+
+def _ef_reference(cd, rounds):
+    """Brute force: a Python loop over the sampled clients, each keeping its residual."""
+    algorithm = _mean_estimation()
+    state = algorithm.init(jax.random.key(0))
+    message = algorithm.broadcast(state)
+    shapes = jax.eval_shape(algorithm.client_update, message, _example_client(cd), jax.random.key(0)).upload
+    residuals = [jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes) for _ in range(NUM_CLIENTS)]
+    for r in range(rounds):
+        k_sample, k_clients, k_server = jax.random.split(jax.random.key(50 + r), 3)
+        ids, _ = sample_clients(k_sample, NUM_CLIENTS, PER_ROUND, PER_ROUND)
+        sent = []
+        for i in map(int, ids):
+            out = algorithm.client_update(algorithm.broadcast(state), jax.tree.map(lambda a: a[i], cd),
+                                          jax.random.fold_in(k_clients, i))
+            upload, residuals[i] = top_k_error_feedback(out.upload, residuals[i], 0.1)
+            sent.append(ClientOutput(upload, out.weight, {}))
+        summed = jax.tree.map(lambda *xs: sum(xs), *sent)
+        state, _ = algorithm.server_update(state, summed, PER_ROUND, k_server)
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *residuals)
+    return jax.device_get(state), jax.device_get(stacked)
+
+
+@pytest.mark.parametrize("execution", [Execution("chunked", 1), Execution("chunked", 2), Execution("vmap")])
+def test_error_feedback_round_matches_a_loop_over_clients_with_their_residuals(clients, execution):
+    rounds = 4
+    want_server, want_residuals = _ef_reference(clients, rounds)
+    rnd, state, metrics = _ef_rounds(clients, execution, rounds)
+    chex.assert_trees_all_close(state.server, want_server, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(state.clients, want_residuals, atol=1e-5, rtol=1e-5)
+    # Sampled clients' rows moved, the others' stayed 0; the bytes are top-k's wire size.
+    touched = np.any(state.clients["mean"].reshape(NUM_CLIENTS, -1) != 0, axis=1)
+    assert 0 < touched.sum() < NUM_CLIENTS or touched.all()
+    upload = {"mean": jax.ShapeDtypeStruct((8, 8, 1), jnp.float32), "bias": jax.ShapeDtypeStruct((10,), jnp.float32)}
+    assert metrics[-1][UPLINK_BYTES] == compressed_bytes(upload, _ef()) + 4 == 7 * (4 + 1) + 1 * (4 + 1) + 4
+    assert rnd.bytes_up == PER_ROUND * (4 * (64 + 10) + 4)  # the uncompressed round, as for stateless topk
+
+
+def _accumulate_uploads():
+    """Each client uploads the same vector (its example sum) every round; the server's state is
+    the running total of everything it received."""
+
+    def client_update(message, client, key):
+        x = to_float(client.x) * client.mask.astype(jnp.float32)[:, None, None, None]
+        return ClientOutput(upload={"s": x.sum(0)}, weight=jnp.float32(1.0), metrics={})
+
+    def server_update(state, summed, num_sampled, key):
+        return {"total": state["total"] + summed.upload["s"]}, {}
+
+    return FederatedAlgorithm("accumulate", lambda key: {"total": jnp.zeros((8, 8, 1))}, lambda s: None,
+                              client_update, server_update)
+
+
+def test_error_feedback_loses_nothing_and_delivers_every_upload_eventually(clients):
+    """received + what the clients still hold == everything they produced, every round; and the
+    received total approaches it (without error feedback top-k drops the small entries for good)."""
+    v = np.stack([np.asarray(to_float(clients.x[i]) * clients.mask[i][:, None, None, None]).sum(0)
+                  for i in range(NUM_CLIENTS)])
+    produced = lambda r: r * v.sum(0)
+    gaps = {}
+    for rounds in (1, 40):
+        _, state, _ = _ef_rounds(clients, Execution("chunked", 1), rounds, per_round=NUM_CLIENTS,
+                                 algorithm=_accumulate_uploads())
+        np.testing.assert_allclose(state.server["total"] + state.clients["s"].sum(0), produced(rounds),
+                                   rtol=1e-5, atol=1e-3)
+        gaps[rounds] = np.linalg.norm(state.server["total"] - produced(rounds)) / np.linalg.norm(produced(rounds))
+    plain = compress_uplink(_accumulate_uploads(), Compression("topk", fraction=0.1))
+    rnd = make_round(plain, num_clients=NUM_CLIENTS, clients_per_round=NUM_CLIENTS, execution=Execution("chunked", 1))
+    state = plain.init(jax.random.key(0))
+    for r in range(40):
+        state, _ = rnd.step(state, clients, jax.random.key(r))
+    plain_gap = np.linalg.norm(state["total"] - produced(40)) / np.linalg.norm(produced(40))
+    assert gaps[40] < gaps[1] / 8  # the undelivered part is bounded, so its share falls like 1 / rounds
+    assert plain_gap > 0.5 and plain_gap > 5 * gaps[40]
+
+
+def test_a_non_finite_client_keeps_its_residual_and_adds_nothing(clients):
+    base = _accumulate_uploads()
+
+    def client_update(message, client, key):
+        out = base.client_update(message, client, key)
+        bad = client.y[0] == clients.y[0, 0]  # client 0 (and any with the same first label) sends NaN
+        return dataclasses.replace(out, upload={"s": jnp.where(bad, jnp.nan, out.upload["s"])})
+
+    algorithm = dataclasses.replace(base, client_update=client_update)
+    _, state, metrics = _ef_rounds(clients, Execution("chunked", 1), 2, per_round=NUM_CLIENTS, algorithm=algorithm)
+    bad = np.asarray(clients.y[:, 0] == clients.y[0, 0])
+    assert metrics[-1]["nonfinite_clients"] == bad.sum() >= 1
+    np.testing.assert_array_equal(state.clients["s"][bad], 0.0)
+    assert np.all(np.isfinite(state.server["total"])) and np.any(state.clients["s"][~bad] != 0)
+
+
+def test_error_feedback_residuals_resume_from_a_checkpoint(clients, tmp_path):
+    """The residuals are part of the checkpointed state: 2 rounds, save, restore into a fresh
+    state, 2 more rounds == 4 uninterrupted rounds."""
+    from fedjax_gen.checkpoint import Checkpointer
+
+    algorithm = error_feedback_uplink(_mean_estimation(), _ef(), NUM_CLIENTS, _example_client(clients))
+    rnd = make_round(algorithm, num_clients=NUM_CLIENTS, clients_per_round=PER_ROUND, execution=Execution("chunked", 1))
+    run = lambda state, rounds: [state := rnd.step(state, clients, jax.random.key(50 + r))[0] for r in rounds][-1]
+    want = jax.device_get(run(algorithm.init(jax.random.key(0)), range(4)))
+    ckpt = Checkpointer(str(tmp_path / "ckpt"))
+    ckpt.save(2, run(algorithm.init(jax.random.key(0)), range(2)))
+    ckpt.wait()
+    restored = ckpt.restore(2, algorithm.init(jax.random.key(0)))
+    ckpt.close()
+    assert np.any(restored.clients["mean"] != 0)
+    chex.assert_trees_all_equal(jax.device_get(run(restored, range(2, 4))), want)

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -78,6 +79,9 @@ def test_user_level_dp_on_demand(tmp_path, capsys):
     (["--dp", "user", "--epsilon", "1e-3", "--delta", "1e-9"], "unreachable"),
     (["--dp", "user", "--epsilon", "1", "--delta", "0.5"], "--delta"),
     (["--from-checkpoint", "/nonexistent/run"], "checkpoint"),
+    (["--uplink", "topk-ef:x"], "topk-ef:<FRACTION>"),
+    (["--rounds", "2", "--uplink", "topk-ef:0.1", "--bucket", "on"], "--bucket"),
+    (["--rounds", "2", "--uplink", "topk-ef:0.1", "--dp", "user", "--epsilon", "8", "--delta", "1e-3"], "noise"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, needle):
     out = tmp_path / "never"
@@ -98,3 +102,25 @@ def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path, capsys):
     code, err = _run(TINY + ["--rounds", "2", "--from-checkpoint", f"{src}:1", "--out", str(out)], capsys)
     assert code == 2 and "checkpoint" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_error_feedback_run_sends_less_and_checkpoints_the_residuals(tmp_path, capsys):
+    from fedjax_gen.checkpoint import Checkpointer
+
+    out = str(tmp_path / "ef")
+    assert _run(TINY + ["--rounds", "2", "--uplink", "topk-ef:0.25", "--checkpoint-every", "1",
+                        "--out", out], capsys)[0] == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    # 25% of each tensor's entries, each with a 1-2 byte index: 2.4-3.3x fewer bytes.
+    assert 2.0 < results["compression_ratio"] < 4.0 and results["uplink"] == "topk-ef:0.25"
+    metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert results["bytes_up"] == sum(round(m["uplink_bytes"] * 4) for m in metrics)
+    ckpt = Checkpointer(os.path.join(out, "checkpoints"), create=False)
+    raw = ckpt._manager.restore(2)  # the saved tree as it is: the clients' residuals are in it
+    ckpt.close()
+    rows = np.concatenate([np.asarray(leaf).reshape(20, -1) for leaf in
+                           jax.tree.leaves(raw["clients"])], axis=1)
+    touched = np.any(rows != 0, axis=1).sum()
+    assert 1 <= touched <= 8  # at most 4 clients a round, 2 rounds
+    assert _run(["--out", out, "--resume", "--rounds", "3", "--no-progress"], capsys)[0] == 0
+    assert [json.loads(line)["round"] for line in open(os.path.join(out, "metrics.jsonl"))] == [1, 2, 3]
