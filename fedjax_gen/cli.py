@@ -193,14 +193,22 @@ def compare_main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--validation", type=int, default=0, help="score every run on this many training examples "
+                                                              "held out (for tuning; 0: the test split)")
     p.add_argument("--partitions", default="dirichlet:0.1", help="comma-separated partition specs")
     p.add_argument("--methods", default=None, help=f"comma-separated (default: all registered: "
                                                    f"{', '.join(methods.names())})")
-    p.add_argument("--budgets", default="none,10,1,0.2", help="epsilons; 'none' is the non-private run")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--budgets", default=None, help="epsilons; 'none' is the non-private run (default: "
+                                                   "none,10,1,0.2; --quick: none,10,1; --tiny: none,10)")
+    p.add_argument("--seeds", type=int, default=None, help="data seeds (default: 3; --quick and --tiny: 1)")
+    p.add_argument("--uplinks", default="none", help="comma-separated --uplink specs, an axis of the study "
+                                                     "(e.g. none,q8,topk-ef:0.1); a method that refuses one is a "
+                                                     "skipped row with the reason")
     p.add_argument("--scale", default="full", choices=tuple(grid.PRESETS), help="each method's preset size")
-    p.add_argument("--quick", action="store_true", help="a few-minute pass: --scale quick, 1 seed, budgets none,10,1")
-    p.add_argument("--tiny", action="store_true", help="CI's smoke size: --scale tiny, 1 seed, budgets none,10")
+    p.add_argument("--quick", action="store_true", help="a few-minute pass: --scale quick, 1 seed, budgets "
+                                                        "none,10,1 (explicit --seeds / --budgets win)")
+    p.add_argument("--tiny", action="store_true", help="CI's smoke size: --scale tiny, 1 seed, budgets none,10 "
+                                                       "(explicit --seeds / --budgets win)")
     p.add_argument("--out", default=None, help="study root (default: runs/compare-<dataset>)")
     p.add_argument("--attack-queries", type=int, default=200)
     p.add_argument("--no-attack", dest="attack", action="store_false")
@@ -213,10 +221,12 @@ def compare_main(argv=None):
         if not os.path.isdir(a.collect):
             raise UserError(f"--collect {a.collect}: no such directory")
         return study.write_outputs(a.collect, a.dataset, study.command_line())
-    scale, seeds, budgets = a.scale, a.seeds, a.budgets
+    scale, seeds, budgets = a.scale, 3, "none,10,1,0.2"
     if a.quick or a.tiny:
         scale, seeds = ("tiny" if a.tiny else "quick"), 1
         budgets = "none,10" if a.tiny else "none,10,1"
+    seeds = a.seeds if a.seeds is not None else seeds
+    budgets = a.budgets if a.budgets is not None else budgets
     try:
         budgets = tuple(grid.parse_budgets(budgets))
     except ValueError as e:
@@ -224,11 +234,19 @@ def compare_main(argv=None):
     names = tuple(m.strip() for m in a.methods.split(",")) if a.methods else tuple(methods.names())
     for m in names:
         methods.get(m)
-    if a.seeds < 1 or a.clients < 1:
+    from fedjax_gen.runners.train import parse_uplink
+
+    for u in a.uplinks.split(","):
+        try:
+            parse_uplink(u.strip())
+        except UserError as e:
+            raise UserError(f"--uplinks: {e}") from None
+    if seeds < 1 or a.clients < 1:
         raise UserError("--seeds and --clients must be >= 1")
     s = study.Study(root=a.out or os.path.join("runs", f"compare-{a.dataset}"), dataset=a.dataset, clients=a.clients,
                     partitions=tuple(x.strip() for x in a.partitions.split(",")), methods=names, budgets=budgets,
                     seeds=seeds, scale=scale, data_dir=a.data_dir, max_train=a.max_train,
+                    uplinks=tuple(u.strip() for u in a.uplinks.split(",")), validation=a.validation,
                     attack_queries=a.attack_queries, attack=a.attack)
     cells = s.cells()
     if a.list_jobs:

@@ -108,6 +108,11 @@ class DataConfig:
         None, "cap on a client's examples (drops the rest; bounds padded memory)", min=1)
     max_train: typing.Optional[int] = option(None, "use a stratified subset of the training split", min=1)
     seed: int = option(0, "one seed; each purpose derives its own key")
+    validation: int = option(0, "evaluate on a validation split carved from the training data: this many "
+                             "training examples (a stratified draw, the same for every run) are held out and "
+                             "replace the test split for TSTR, FID and attacks; the run trains on the rest. "
+                             "For choosing hyper-parameters without touching the test split (0: the test split)",
+                             min=0)
 
 
 @validated

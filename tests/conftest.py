@@ -1,11 +1,29 @@
-"""Test-wide setup: 8 forced CPU devices (sharding tests) and a per-session cache dir."""
+"""Test-wide setup: 8 forced CPU devices (sharding tests), a per-session cache dir, and one
+XLA compilation cache shared by the run's workers."""
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 # Must happen before jax initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# Compilation dominates this suite, and many tests build the same programs from fresh closures
+# (each CLI run, each strategy), which jit's in-memory cache cannot share: JAX's persistent
+# cache (keyed on the program, flags and jax version) lets a run's tests and both xdist workers
+# compile each program once. The first process (the xdist controller) makes the directory and
+# removes it at the end; its workers inherit it through the environment. A user's own
+# JAX_COMPILATION_CACHE_DIR is used as is and kept.
+_SHARED_CACHE = "FEDJAX_GEN_TEST_XLA_CACHE"
+_OWNS_XLA_CACHE = _SHARED_CACHE not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWNS_XLA_CACHE:
+    os.environ[_SHARED_CACHE] = tempfile.mkdtemp(prefix="fedjax_gen-xla-")
+if _SHARED_CACHE in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_SHARED_CACHE]
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
@@ -27,3 +45,9 @@ def mnist_dir():
     if not path.exists():
         pytest.skip(f"MNIST test data not found at {path} (../shared/data is absent)")
     return str(path)
+
+
+def pytest_unconfigure(config):
+    """The process that made the run's compilation cache (the controller) removes it."""
+    if _OWNS_XLA_CACHE:
+        shutil.rmtree(os.environ[_SHARED_CACHE], ignore_errors=True)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 SKIP_SUFFIX = ".skipped.json"
-COLUMNS = ("method", "dataset", "partition", "epsilon", "seed", "privacy_unit", "tstr_accuracy", "tstr_logreg", "real_ceiling",
+COLUMNS = ("method", "dataset", "eval_split", "partition", "epsilon", "seed", "uplink", "privacy_unit", "tstr_accuracy", "tstr_logreg", "real_ceiling",
            "fid", "precision", "recall", "mmd_rbf", "label_tv", "bytes_up_per_client", "bytes_down_per_client",
            "rounds", "compression_ratio", "wall_seconds", "attack", "attack_auc", "attack_tpr_at_1pct_fpr",
            "status", "run")
@@ -52,9 +52,10 @@ def row_of(run_dir: str) -> dict | None:
     target = (cfg.get("privacy") or {}).get("epsilon")
     return {
         "method": res.get("method", res.get("algorithm")), "dataset": res.get("dataset"),
+        "eval_split": res.get("eval_split", "test"),
         "partition": res.get("partition"),
         "epsilon": target if target is not None else priv.get("epsilon"), "seed": (cfg.get("data") or {}).get("seed"),
-        "privacy_unit": priv.get("privacy_unit"),
+        "privacy_unit": priv.get("privacy_unit"), "uplink": res.get("uplink") or "none",
         **{k: res.get(k) for k in ("tstr_accuracy", "tstr_logreg", "real_ceiling", "fid", "precision", "recall",
                                    "mmd_rbf", "label_tv", "bytes_up_per_client", "bytes_down_per_client",
                                    "rounds", "wall_seconds")},
@@ -78,16 +79,19 @@ def collect(root: str) -> list[dict]:
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and std over seeds per (method, partition, epsilon); skips kept with their reason."""
+    """Mean and std over seeds per (method, partition, epsilon, uplink); skips kept with their
+    reason. A compressed method is its own series, named "method [uplink]" in tables and plots."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["method"], r["partition"], r["epsilon"]), []).append(r)
+        up = r.get("uplink") or "none"
+        groups.setdefault((r["method"] if up == "none" else f"{r['method']} [{up}]", r["partition"], r["epsilon"]),
+                          []).append(r)
     out = []
     for (method, part, eps), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0],
                                                                           -(kv[0][2] or math.inf))):
         ok = [r for r in rs if r["status"] == "ok"]
         agg = {"method": method, "partition": part, "epsilon": eps, "seeds": len(ok),
-               "status": "ok" if ok else rs[0]["status"]}
+               "uplink": rs[0].get("uplink") or "none", "status": "ok" if ok else rs[0]["status"]}
         for k in ("tstr_accuracy", "tstr_logreg", "real_ceiling", "fid", "bytes_up_per_client", "attack_auc",
                   "attack_tpr_at_1pct_fpr", "compression_ratio", "wall_seconds", "label_tv"):
             vals = [float(r[k]) for r in ok if isinstance(r.get(k), (int, float))]

@@ -62,32 +62,36 @@ ATTACK_ARGS = {"tiny": ["--steps", "5", "--restarts", "1", "--merf-steps", "5", 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One run of the study: a method at a budget (epsilon None: non-private) and seed."""
+    """One run of the study: a method at a budget (epsilon None: non-private), seed and uplink
+    compression (--uplink's spec; "none" sends the uploads raw)."""
 
     method: str
     partition: str
     epsilon: float | None
     seed: int
+    uplink: str = "none"
 
     @property
     def name(self) -> str:
         eps = "nodp" if self.epsilon is None else f"eps{self.epsilon:g}"
         part = self.partition.replace(":", "")
-        return f"{self.method}-{part}-{eps}-s{self.seed}"
+        up = "" if self.uplink == "none" else "-" + self.uplink.replace(":", "")
+        return f"{self.method}-{part}-{eps}-s{self.seed}{up}"
 
 
-def cells(method_names, partitions, budgets, seeds: int) -> list[Cell]:
-    return [Cell(m, p, e, s) for p in partitions for m in method_names for e in budgets for s in range(seeds)]
+def cells(method_names, partitions, budgets, seeds: int, uplinks=("none",)) -> list[Cell]:
+    return [Cell(m, p, e, s, u) for p in partitions for m in method_names for e in budgets for u in uplinks
+            for s in range(seeds)]
 
 
 def job_for(cell: Cell, root: str, dataset: str, clients: int, scale: str, data_dir=None, max_train=None,
-            delta: float = 1e-5):
+            delta: float = 1e-5, validation: int = 0):
     """The Job of a cell (its run directory root/<cell.name>); the method's preset options."""
     from fedjax_gen.runners.train import Job
 
     method = methods.get(cell.method)
     data = DataConfig(dataset=dataset, data_dir=data_dir, clients=clients, partition=cell.partition,
-                      max_train=max_train, seed=cell.seed)
+                      max_train=max_train, seed=cell.seed, validation=validation)
     options = from_dict(method.Options, PRESETS[scale].get(cell.method, {}))
     if cell.epsilon is None:
         privacy = PrivacyConfig()
@@ -96,7 +100,7 @@ def job_for(cell: Cell, root: str, dataset: str, clients: int, scale: str, data_
         privacy = PrivacyConfig(unit=unit, epsilon=cell.epsilon, delta=delta,
                                 clip=0.5 if unit == "user" and cell.method in UNIT else 1.0)
     run = RunConfig(**{**method.run_defaults, **RUN[scale], "out": os.path.join(root, cell.name),
-                       "progress": False})
+                       "progress": False, "uplink": cell.uplink})
     return Job(cell.method, data, run, PerformanceFlags(), privacy, options)
 
 

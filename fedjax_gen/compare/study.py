@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from fedjax_gen import methods
 from fedjax_gen.compare import collect, grid, report
-from fedjax_gen.errors import UnreachableBudget, UserError
+from fedjax_gen.errors import InvalidValue, UnreachableBudget, UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,17 +29,20 @@ class Study:
     methods: tuple = ()
     budgets: tuple = (None, 10.0, 1.0, 0.2)
     seeds: int = 3
+    uplinks: tuple = ("none",)  # --uplink specs: compression as an axis of the study
     scale: str = "full"
     data_dir: str | None = None
     max_train: int | None = None
+    validation: int = 0  # > 0: score every cell on a validation split of this size carved from training data
     attack_queries: int = 200
     attack: bool = True
 
     def cells(self):
-        return grid.cells(self.methods or methods.names(), self.partitions, self.budgets, self.seeds)
+        return grid.cells(self.methods or methods.names(), self.partitions, self.budgets, self.seeds, self.uplinks)
 
     def job(self, cell):
-        return grid.job_for(cell, self.root, self.dataset, self.clients, self.scale, self.data_dir, self.max_train)
+        return grid.job_for(cell, self.root, self.dataset, self.clients, self.scale, self.data_dir, self.max_train,
+                            validation=self.validation)
 
 
 def run_cell(study: Study, cell) -> str:
@@ -64,6 +67,11 @@ def run_cell(study: Study, cell) -> str:
         except UnreachableBudget as e:
             _record_skip(skip, cell, out, str(cli.worded(e, methods.get(cell.method))))
             return "skipped"
+        except InvalidValue as e:  # a compression the method refuses (DP noise, one-shot uploads): nothing was written
+            if cell.uplink == "none" or e.param not in ("uplink", "bucket", "rounds_per_call"):
+                raise
+            _record_skip(skip, cell, out, str(cli.worded(e, methods.get(cell.method))))
+            return "skipped"
     if study.attack and not os.path.exists(os.path.join(out, "attack_results.json")):
         code = cli.run(attack.main, ["--run", out, "--num-queries", str(study.attack_queries)]
                        + grid.ATTACK_ARGS[study.scale])
@@ -75,7 +83,7 @@ def run_cell(study: Study, cell) -> str:
 def _record_skip(path: str, cell, out: str, reason: str) -> None:
     with open(path, "w") as f:
         json.dump({"method": cell.method, "partition": cell.partition, "epsilon": cell.epsilon, "seed": cell.seed,
-                   "status": f"skipped: {reason}", "run": out}, f)
+                   "uplink": cell.uplink, "status": f"skipped: {reason}", "run": out}, f)
 
 
 def run_study(study: Study, command: str = "") -> dict:
@@ -96,7 +104,8 @@ def write_outputs(root: str, dataset: str, command: str = "") -> dict:
     agg = collect.aggregate(rows)
     report.write_csv(rows, os.path.join(root, "comparison.csv"))
     found = sorted({r["dataset"] for r in rows if r.get("dataset")})  # what the runs used (--collect: any root)
-    md = report.markdown(agg, ", ".join(found) or dataset)
+    splits = sorted({r.get("eval_split") or "test" for r in rows if r["status"] == "ok"})
+    md = report.markdown(agg, f"{', '.join(found) or dataset} (scored on: {', '.join(splits)})")
     with open(os.path.join(root, "comparison.md"), "w") as f:
         f.write(md + f"\nCommand: `{command}`\n")
     plot_dir = os.path.join(root, "plots")

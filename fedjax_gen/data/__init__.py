@@ -6,7 +6,7 @@ from fedjax_gen.data.buckets import (
 from fedjax_gen.data.client_data import ClientData, Dataset, to_float, to_uint8
 from fedjax_gen.data.padding import cap_parts, client_of_example, pad_clients, pad_num_clients
 from fedjax_gen.data.partitions import SPECS, partition
-from fedjax_gen.data.sources import DATASETS, load_dataset, subsample
+from fedjax_gen.data.sources import DATASETS, hold_out, load_dataset, subsample
 
 __all__ = [
     "DATASETS",
@@ -17,6 +17,7 @@ __all__ = [
     "Dataset",
     "cap_parts",
     "client_of_example",
+    "hold_out",
     "load_dataset",
     "pad_clients",
     "pad_clients_bucketed",

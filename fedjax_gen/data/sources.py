@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from fedjax_gen.data.client_data import Dataset
-from fedjax_gen.errors import UserError
+from fedjax_gen.errors import InvalidValue, UserError
 
 # tfds-backed names -> tfds builder names.
 _TFDS_NAMES = {
@@ -90,6 +90,24 @@ def subsample(
         y_test=dataset.y_test[te],
         num_classes=dataset.num_classes,
     )
+
+
+# A fixed draw, whatever the run's seed: every run of a tuning study scores on the same held-out set.
+VALIDATION_SEED = 0
+
+
+def hold_out(dataset: Dataset, n: int) -> Dataset:
+    """A validation split carved from the training data: a stratified draw of `n` training
+    examples (seed VALIDATION_SEED) becomes the evaluation split, the rest stay the training
+    split, and the test split is dropped. Choosing hyper-parameters on it never touches the
+    test split."""
+    if not 1 <= n < len(dataset.y_train):
+        raise InvalidValue("validation", f"{{validation}} must be between 1 and {len(dataset.y_train) - 1} (the "
+                                         f"training examples minus one), got {n}; omit it to evaluate on the test split")
+    held = _stratified_subset(dataset.y_train, n, np.random.default_rng(VALIDATION_SEED), "--validation")
+    rest = np.setdiff1d(np.arange(len(dataset.y_train)), held)
+    return Dataset(name=dataset.name, x_train=dataset.x_train[rest], y_train=dataset.y_train[rest],
+                   x_test=dataset.x_train[held], y_test=dataset.y_train[held], num_classes=dataset.num_classes)
 
 
 def _stratified_subset(y: np.ndarray, k: int | None, rng, flag: str) -> np.ndarray:

@@ -80,4 +80,6 @@ def load_dataset(cfg: DataConfig) -> fdata.Dataset:
     dataset = fdata.load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.max_train is not None:
         dataset = fdata.subsample(dataset, cfg.max_train, None, cfg.seed)
+    if cfg.validation:  # after --max-train: the held-out examples come from the run's own training data
+        dataset = fdata.hold_out(dataset, cfg.validation)
     return dataset

@@ -82,9 +82,8 @@ def _check_run(job: Job, built) -> None:
     check_available(run.tensorboard)
 
 
-def _compression(job: Job, built) -> Compression:
-    """--uplink as a Compression; refused where the server's noise relies on the clip bound."""
-    spec = job.run.uplink
+def parse_uplink(spec: str) -> Compression:
+    """An --uplink spec as a Compression (InvalidValue naming the forms when it is none of them)."""
     try:
         if spec == "none":
             c = Compression()
@@ -99,6 +98,12 @@ def _compression(job: Job, built) -> Compression:
     except ValueError:
         raise InvalidValue("uplink", f"{{uplink}} {spec!r}: use none, q<BITS> (e.g. q8), topk:<FRACTION> "
                                      "(e.g. topk:0.1) or topk-ef:<FRACTION> (with error feedback)") from None
+    return c
+
+
+def _compression(job: Job, built) -> Compression:
+    """--uplink as a Compression; refused where the server's noise relies on the clip bound."""
+    c = parse_uplink(job.run.uplink)
     if (not c.is_identity and built.plan is not None and not built.mechanism.client_side_noise):
         raise InvalidValue("uplink", f"{{uplink}} would change the clipped uploads that {job.method}'s server-side "
                                      "noise is calibrated for: drop it, or compress a client-side-noise mechanism")
@@ -397,7 +402,8 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
                        if r.get("phase") is None and UPLINK_BYTES in r)
     bytes_down = sum(r.bytes_down for r in per_round)
     results = {
-        "dataset": job.data.dataset, "algorithm": job.method, "method": job.method, "partition": job.data.partition,
+        "dataset": job.data.dataset, "eval_split": f"validation:{job.data.validation}" if job.data.validation else "test",
+        "algorithm": job.method, "method": job.method, "partition": job.data.partition,
         "clients": N, "clients_per_round": s.cohort, "rounds": R, **evaluation,
         "bytes_up": int(bytes_up), "bytes_down": int(bytes_down),
         "bytes_up_per_round": int(bytes_up) // R, "bytes_down_per_round": int(bytes_down) // R,

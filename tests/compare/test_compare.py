@@ -3,6 +3,7 @@ appears in the table, plots and report; finished runs are reused; an unreachable
 a skipped row with its reason; the Pareto frontier and the collection are correct."""
 
 import csv
+import json
 import os
 
 import pytest
@@ -68,7 +69,7 @@ def _finished_runs_are_reused_and_collect_rebuilds_the_table(study):
     # the table names the runs' dataset, whatever --dataset says (it defaults to digits)
     assert cli.run(cli.compare_main, ["--collect", root, "--dataset", "mnist"]) == 0
     assert len(list(csv.DictReader(open(os.path.join(root, "comparison.csv"))))) == len(collect.collect(root))
-    assert open(os.path.join(root, "comparison.md")).readline().strip() == "# Comparison on digits"
+    assert open(os.path.join(root, "comparison.md")).readline().strip() == "# Comparison on digits (scored on: test)"
 
 
 def test_pareto_frontier_against_brute_force():
@@ -85,3 +86,29 @@ def test_strongest_attack_ignores_differences_and_label_skew_views():
                "classifier": {"auc": 0.52, "tpr_at_1%_fpr": 0.0, "any_class": {"auc": 0.95, "tpr_at_1%_fpr": 0.5}}}
     name, auc, tpr = collect._strongest_attack(attacks)
     assert (name, auc, tpr) == ("merf_active.narrow", 0.7, 0.1)
+
+
+def test_uplink_compression_is_an_axis_of_the_study(tmp_path, capsys):
+    """--uplinks: a compressed run is its own series with its measured compression ratio; a
+    method that refuses the compression is a skipped row with the reason; a bad spec is
+    refused before anything is written. --validation: every run is scored on a split held out
+    of the training data, and the table says so."""
+    root = str(tmp_path / "study")
+    base = ["--scale", "tiny", "--seeds", "1", "--budgets", "none", "--clients", "6", "--max-train", "150",
+            "--validation", "30", "--no-attack", "--methods", "fedgan,dp_merf", "--out", root]
+    assert cli.run(cli.compare_main, base + ["--uplinks", "none,zip"]) == 2
+    assert "--uplinks" in capsys.readouterr().err and not os.path.exists(root)
+    assert cli.run(cli.compare_main, base + ["--uplinks", "none,topk-ef:0.25"]) == 0
+    rows = {(r["method"], r["uplink"]): r for r in csv.DictReader(open(os.path.join(root, "comparison.csv")))}
+    assert set(rows) == {(m, u) for m in ("fedgan", "dp_merf") for u in ("none", "topk-ef:0.25")}
+    ef, raw = rows[("fedgan", "topk-ef:0.25")], rows[("fedgan", "none")]
+    assert ef["status"] == raw["status"] == "ok"
+    assert float(raw["compression_ratio"]) == 1.0 and 2.0 < float(ef["compression_ratio"]) < 4.0
+    assert float(ef["bytes_up_per_client"]) < float(raw["bytes_up_per_client"]) / 2
+    skipped = rows[("dp_merf", "topk-ef:0.25")]["status"]
+    assert skipped.startswith("skipped") and "topk-ef" in skipped
+    md = open(os.path.join(root, "comparison.md")).read()
+    assert "| fedgan [topk-ef:0.25] |" in md and md.startswith("# Comparison on digits (scored on: validation:30)")
+    assert {r["eval_split"] for r in rows.values() if r["status"] == "ok"} == {"validation:30"}
+    config = json.load(open(os.path.join(raw["run"], "config.json")))
+    assert config["data"]["validation"] == 30

@@ -237,3 +237,31 @@ def test_mnist_npz_file():
     check_dataset(d, (28, 28, 1), 10)
     assert np.bincount(d.y_train).tolist() == MNIST_TRAIN_COUNTS
     assert np.bincount(d.y_test).tolist() == MNIST_TEST_COUNTS
+
+
+def test_validation_split_is_carved_from_training_data_the_same_for_every_seed():
+    from fedjax_gen.config import DataConfig
+    from fedjax_gen.data import hold_out
+    from fedjax_gen.data.client_data import Dataset
+    from fedjax_gen.errors import InvalidValue
+    from fedjax_gen.runners.data import load_dataset as run_dataset
+
+    # Each training image carries its own index: the split's two sides are exactly a partition.
+    n = 1000
+    y = np.random.default_rng(1).integers(0, 10, n).astype(np.int32)
+    x = np.arange(n, dtype=np.int64).view(np.uint8).reshape(n, 2, 2, 2)
+    ds = hold_out(Dataset("ids", x, y, x[:5], y[:5], 10), 300)
+    index = lambda a: a.reshape(len(a), -1).copy().view(np.int64)[:, 0]
+    held, kept = index(ds.x_test), index(ds.x_train)
+    assert len(held) == 300 and len(kept) == n - 300
+    assert sorted(np.concatenate([held, kept])) == list(range(n))  # disjoint, nothing lost
+    np.testing.assert_array_equal(ds.y_test, y[held])
+    np.testing.assert_array_equal(ds.y_train, y[kept])
+    share = np.bincount(y, minlength=10) * 300 / n  # stratified: each class within one example
+    assert np.all(np.abs(np.bincount(ds.y_test, minlength=10) - share) <= 1.0)
+    # Through a run's DataConfig: after --max-train, the same draw whatever the run's seed.
+    a = run_dataset(DataConfig(validation=200, seed=5))
+    np.testing.assert_array_equal(run_dataset(DataConfig(validation=200, seed=0)).x_test, a.x_test)
+    assert len(a.y_test) == 200 and len(a.y_train) == len(load_dataset("digits").y_train) - 200
+    with pytest.raises(InvalidValue, match="validation"):
+        run_dataset(DataConfig(validation=len(a.y_train) + 200))
