@@ -33,6 +33,12 @@ def _eps(e):
     return "none" if e is None else f"{e:g}"
 
 
+def _point_label(a) -> str:
+    """A plot point's label: the series and its budget ("no DP" rather than "none", which would
+    read as an uplink)."""
+    return f"{a['method']}, " + ("no DP" if a["epsilon"] is None else f"eps {a['epsilon']:g}")
+
+
 def markdown(agg, dataset: str) -> str:
     lines = [f"# Comparison on {dataset}", ""]
     for part in sorted({a["partition"] for a in agg}):
@@ -122,7 +128,7 @@ def plots(agg, out_dir: str) -> dict:
         for a in ok:
             if a[key] is not None:
                 ax.scatter(a["tstr_accuracy"], a[key], color=colors[a["method"]])
-                ax.annotate(f"{a['method']} {_eps(a['epsilon'])}", (a["tstr_accuracy"], a[key]), fontsize=7)
+                ax.annotate(_point_label(a), (a["tstr_accuracy"], a[key]), fontsize=7)
         if key == "attack_auc":
             ax.axhline(0.5, color="grey", lw=0.8)
         ax.set_xlabel("TSTR accuracy")
@@ -133,8 +139,9 @@ def plots(agg, out_dir: str) -> dict:
     fig, ax = plt.subplots(figsize=(6, 4))
     for a in ok:
         ax.scatter(a["compression_ratio"] or 1.0, a["tstr_accuracy"], color=colors[a["method"]])
-        ax.annotate(f"{a['method']} {_eps(a['epsilon'])}", (a["compression_ratio"] or 1.0, a["tstr_accuracy"]),
+        ax.annotate(_point_label(a), (a["compression_ratio"] or 1.0, a["tstr_accuracy"]),
                     fontsize=7)
+    ax.margins(x=0.35)  # room for the labels right of the rightmost points
     ax.set_xlabel("uplink compression ratio (uncompressed / sent bytes)")
     ax.set_ylabel("TSTR accuracy")
     save(fig, "accuracy_vs_compression")

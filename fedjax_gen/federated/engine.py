@@ -145,7 +145,7 @@ def make_round(
 
     A stateful-client algorithm (algorithm.py) runs its sampled clients as "stack" does, each
     with its own row of state.clients, then sums their outputs as "sum" does and writes the
-    returned rows back (`_stateful_finish`); it needs reduce="sum" and unbucketed data."""
+    returned rows back (`_stateful_sum`); it needs reduce="sum" and unbucketed data."""
     if reduce not in ("sum", "stack", "host"):
         raise ValueError(f"reduce must be 'sum', 'stack' or 'host', got {reduce!r}")
     if (reduce == "host") != (aggregate is not None):

@@ -4,10 +4,11 @@ none / q8 / topk:0.1 / topk-ef:0.1 side by side. Error feedback keeps a residual
 its round runs the stateful-client path (clients gathered with their rows, outputs stacked, rows
 written back: federated/engine.py); the others sum on the fly.
 
-  python benchmarks/compression.py [--rounds 10] [--repeats 3] [--out FILE]
+  python benchmarks/uplink_compression.py [--rounds 10] [--repeats 3] [--out FILE]
 
 Steady state: one round to compile, then the median over --repeats of --rounds rounds,
-interleaved across uplinks so load drifts hit every row alike. Bytes are each client's upload."""
+interleaved across uplinks so load drifts hit every row alike. Bytes are each client's upload.
+(Not named compression.py: jax imports a top-level `compression` module when one is on the path.)"""
 
 from __future__ import annotations
 
