@@ -159,6 +159,10 @@ class _Session:
             algorithms = tuple(compress_uplink(a, self.compression) for a in algorithms)
         # The round state: the method's, and with error feedback every client's residual beside it.
         self.state = algorithms[0].init(self.keys["init"])
+        # Round 1's uploads as the server received them (uploads.npz): compressed as sent. Error
+        # feedback's first round starts from zero residuals, so it sends plain top-k.
+        first = dataclasses.replace(self.compression, error_feedback=False)
+        self.round1_algorithm = self.built.algorithm if first.is_identity else compress_uplink(self.built.algorithm, first)
         if len(algorithms) > 1 and len(algorithms) != self.built.rounds:
             raise ValueError(f"{job.method}: later_rounds must hold rounds 2..{self.built.rounds}")
         aggregate = self.built.aggregate or (None,) * len(algorithms)
@@ -371,7 +375,7 @@ def _write_uploads(s: _Session, run_dir: RunDir, state, message) -> None:
         arrays = {**s.built.uploads.format(outs, jax.device_get(state), len(ids)), **secure}
     elif s.built.uploads.from_round:
         part = fdata.pad_clients(s.fed.dataset.x_train, s.fed.dataset.y_train, s.fed.parts[:n])
-        outs = client_uploads(s.built.algorithm, message, part, ids, jax.random.fold_in(s.keys["train"], 0))
+        outs = client_uploads(s.round1_algorithm, message, part, ids, jax.random.fold_in(s.keys["train"], 0))
         arrays = s.built.uploads.format(jax.device_get(outs), jax.device_get(state), n)
     else:
         arrays = s.built.uploads.format(None, jax.device_get(state), n)

@@ -1,6 +1,7 @@
 """Issue 14, sections 1-4: a refused run touches nothing, one writer per run directory,
 non-finite clients are dropped and counted, every bad flag is one line and exit 2 with
-nothing written, metrics are strict JSON, and interrupted runs finish with --resume."""
+nothing written, metrics are strict JSON, interrupted runs finish with --resume, and the saved
+uploads are the ones the server received."""
 
 import hashlib
 import json
@@ -173,3 +174,17 @@ def test_run_killed_before_export_is_finished_by_resume(finished, tmp_path, caps
                                   np.load(os.path.join(finished, "synthetic.npz"))["x"])
     code, err = _run(["--out", run, "--resume", "--no-progress"], capsys)  # finished now: refused
     assert code == 2 and "finished" in err
+
+
+def test_saved_uploads_are_compressed_as_sent(tmp_path):
+    """uploads.npz is what the server received: with --uplink topk:F each client's embedding
+    keeps ceil(F n) entries (the raw upload would be dense)."""
+    out = tmp_path / "merf"
+    cli.main_for("dp_merf")(["--clients", "6", "--max-train", "120", "--num-features", "64", "--gen-steps", "2",
+                             "--width", "8", "--latent-dim", "8", "--num-synthetic", "50", "--tstr-steps", "5",
+                             "--fid-classifier-steps", "5", "--no-progress", "--uplink", "topk:0.25",
+                             "--out", str(out)])
+    saved = np.load(out / "uploads.npz")
+    emb = saved["embedding"].reshape(6, -1)
+    k = int(np.ceil(0.25 * emb.shape[1]))
+    assert np.all((emb != 0).sum(1) <= k) and np.any((emb != 0).sum(1) == k)
