@@ -23,7 +23,7 @@ import numpy as np
 from fedjax_gen.algorithms import GAN_ALGORITHMS, GANConfig
 from fedjax_gen.data import load_dataset, pad_clients, partition
 from fedjax_gen.federated import Execution, make_round
-from fedjax_gen.federated.compression import UPLINK_BYTES, compress_uplink, error_feedback_uplink
+from fedjax_gen.federated.compression import UPLINK_BYTES, with_uplink
 from fedjax_gen.runners.train import parse_uplink
 
 UPLINKS = ("none", "q8", "topk:0.1", "topk-ef:0.1")
@@ -31,13 +31,7 @@ UPLINKS = ("none", "q8", "topk:0.1", "topk-ef:0.1")
 
 def _rounds(spec: str, cd, num_clients: int, per_round: int):
     cfg = GANConfig((8, 8, 1), 10)  # the MLP pair at its defaults, as experiments/fedgan.py runs it
-    base = GAN_ALGORITHMS["dp_fedavg_gan"](cfg)
-    c = parse_uplink(spec)
-    if c.error_feedback:
-        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), cd)
-        algorithm = error_feedback_uplink(base, c, num_clients, one)
-    else:
-        algorithm = base if c.is_identity else compress_uplink(base, c)
+    algorithm = with_uplink(GAN_ALGORITHMS["dp_fedavg_gan"](cfg), parse_uplink(spec), cd)
     state = algorithm.init(jax.random.key(0))
     rnd = make_round(algorithm, num_clients=num_clients, clients_per_round=per_round,
                      execution=Execution("chunked", 1), example_state=state, example_data=cd)

@@ -236,9 +236,10 @@ def compare_main(argv=None):
         methods.get(m)
     from fedjax_gen.runners.train import parse_uplink
 
-    for u in a.uplinks.split(","):
+    uplinks = tuple(u.strip() for u in a.uplinks.split(","))
+    for u in uplinks:
         try:
-            parse_uplink(u.strip())
+            parse_uplink(u)
         except UserError as e:
             raise UserError(f"--uplinks: {e}") from None
     if seeds < 1 or a.clients < 1:
@@ -246,7 +247,7 @@ def compare_main(argv=None):
     s = study.Study(root=a.out or os.path.join("runs", f"compare-{a.dataset}"), dataset=a.dataset, clients=a.clients,
                     partitions=tuple(x.strip() for x in a.partitions.split(",")), methods=names, budgets=budgets,
                     seeds=seeds, scale=scale, data_dir=a.data_dir, max_train=a.max_train,
-                    uplinks=tuple(u.strip() for u in a.uplinks.split(",")), validation=a.validation,
+                    uplinks=uplinks, validation=a.validation,
                     attack_queries=a.attack_queries, attack=a.attack)
     cells = s.cells()
     if a.list_jobs:

@@ -68,6 +68,11 @@ class FederatedAlgorithm:
     stateful_clients: bool = False  # see the module docstring
 
 
+def row_shapes(stacked):
+    """One client's ShapeDtypeStructs of a tree stacked over clients (its leading axis dropped)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), stacked)
+
+
 def server_state(state):
     """The server's part of a round state (the whole state unless clients keep their own)."""
     return state.server if isinstance(state, WithClientStates) else state

@@ -7,7 +7,8 @@
   compressed_bytes(tree_or_shapes, config) -> int       exact wire size (values + indices + scales)
   top_k_error_feedback(update, residual, fraction) -> (sent, new_residual)   one client, one round
   compress_uplink(algorithm, config) -> FederatedAlgorithm                    the transform
-  error_feedback_uplink(algorithm, config, num_clients, example_client)      topk with per-client residuals
+  error_feedback_uplink(algorithm, config, clients) -> FederatedAlgorithm     topk with per-client residuals
+  with_uplink(algorithm, config, clients) -> FederatedAlgorithm               whichever of the two `config` needs
 
 Wire formats, per tensor (leaf) of n entries with itemsize s bytes (4 for float32):
   none, or quantize with bits >= 32, or topk with k == n:  n * s           (raw)
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, WithClientStates
+from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, WithClientStates, row_shapes
 
 _KEY_SALT = 0x51A7  # compression randomness: fold_in(client key, salt); the inner key is untouched
 UPLINK_BYTES = "uplink_bytes"
@@ -173,14 +174,13 @@ def _sent(out: ClientOutput, upload, config: Compression) -> ClientOutput:
     return ClientOutput(upload=upload, weight=out.weight, metrics=metrics)
 
 
-def error_feedback_uplink(algorithm: FederatedAlgorithm, config: Compression, num_clients: int,
-                          example_client) -> FederatedAlgorithm:
+def error_feedback_uplink(algorithm: FederatedAlgorithm, config: Compression, clients) -> FederatedAlgorithm:
     """`algorithm` whose clients send top_k(upload + residual) and keep the rest as their next
     residual (`top_k_error_feedback`): a stateful-client algorithm (federated/algorithm.py)
     whose state is WithClientStates(algorithm's state, residuals [num_clients, *upload]),
     residuals starting at 0. A client's residual changes only in the rounds it is sampled.
-    example_client: one client's ClientData (arrays or ShapeDtypeStructs, no client axis),
-    for the upload's shapes. Residuals cost num_clients x the upload in memory.
+    clients: the run's ClientData (arrays or ShapeDtypeStructs, client axis first), for the
+    population size and one client's upload shapes. Residuals cost num_clients x the upload.
 
     Not for uploads whose sum is calibrated to a clip bound (DP noise): a residual carries a
     client's earlier rounds into later ones."""
@@ -188,6 +188,8 @@ def error_feedback_uplink(algorithm: FederatedAlgorithm, config: Compression, nu
         raise ValueError("error_feedback_uplink takes Compression('topk', fraction, error_feedback=True)")
     if algorithm.stateful_clients:
         raise ValueError(f"{algorithm.name} already keeps per-client state")
+
+    num_clients, example_client = clients.num_clients, row_shapes(clients)
 
     def init(key):
         inner = algorithm.init(key)
@@ -208,3 +210,12 @@ def error_feedback_uplink(algorithm: FederatedAlgorithm, config: Compression, nu
                                broadcast=lambda state: algorithm.broadcast(state.server),
                                client_update=client_update, server_update=server_update,
                                stateful_clients=True)
+
+
+def with_uplink(algorithm: FederatedAlgorithm, config: Compression, clients) -> FederatedAlgorithm:
+    """`algorithm` as its clients upload under `config`: unchanged (identity), stateless
+    (`compress_uplink`) or with per-client residuals (`error_feedback_uplink`, which needs the
+    run's `clients`)."""
+    if config.error_feedback:
+        return error_feedback_uplink(algorithm, config, clients)
+    return algorithm if config.is_identity else compress_uplink(algorithm, config)

@@ -27,7 +27,7 @@ from fedjax_gen.data.buckets import BucketedClientData
 from fedjax_gen.data.client_data import ClientData
 from fedjax_gen.errors import UserError
 from fedjax_gen.federated import execution as ex
-from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, WithClientStates
+from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, WithClientStates, row_shapes
 from fedjax_gen.federated.mesh import round_up
 from fedjax_gen.privacy.capacity import poisson_capacity
 
@@ -245,11 +245,10 @@ def make_round(
         message = jax.eval_shape(algorithm.broadcast, example_state)
         if isinstance(example_data, BucketedClientData):  # payload sizes do not depend on N
             example_data = example_data.buckets[0]
-        row = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
-        one = row(example_data)
+        one = row_shapes(example_data)
         if algorithm.stateful_clients:
             out, _ = jax.eval_shape(algorithm.client_update, message, one, jax.random.key(0),
-                                    row(example_state.clients))
+                                    row_shapes(example_state.clients))
         else:
             out = jax.eval_shape(algorithm.client_update, message, one, jax.random.key(0))
         bytes_down = clients_per_round * _tree_bytes(message)
@@ -265,8 +264,7 @@ def _stateful_sum(state: WithClientStates, outs: ClientOutput, own, ids, keep, n
     clients add exactly 0 and are counted), and state with the kept clients' new rows written
     back; every other row, the masked and non-finite clients' included, is unchanged."""
     ok = keep & jax.vmap(ex.all_finite)((outs.upload, outs.weight))
-    lift = lambda v: ok.reshape(ok.shape + (1,) * (v.ndim - 1))
-    summed = jax.tree.map(lambda v: jnp.sum(jnp.where(lift(v), v, jnp.zeros_like(v)), axis=0), outs)
+    summed = jax.tree.map(lambda v: jnp.sum(v, axis=0), jax.vmap(ex.mask_tree)(outs, ok))
     metrics = {**summed.metrics, ex.NONFINITE: jnp.sum(keep & ~ok).astype(jnp.float32)}
     rows = jnp.where(ok, ids, num_clients)  # out of range: dropped (padding repeats id 0)
     clients = jax.tree.map(lambda c, n: c.at[rows].set(n, mode="drop"), state.clients, own)

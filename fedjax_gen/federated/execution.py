@@ -74,7 +74,7 @@ def default_execution(model_kind: str, backend: str | None = None, num_devices: 
     return Execution("chunked", num_devices)
 
 
-def _mask_tree(tree, keep):
+def mask_tree(tree, keep):
     """Zero a client's whole output where keep is False (jnp.where: NaN-safe)."""
     return jax.tree.map(lambda v: jnp.where(keep, v, jnp.zeros_like(v)), tree)
 
@@ -97,7 +97,7 @@ def one_client(client_update):
         client = jax.tree.map(lambda a: a[client_id], data)
         out = client_update(message, client, key)
         ok = keep & all_finite((out.upload, out.weight))
-        out = _mask_tree(out, ok)
+        out = mask_tree(out, ok)
         return dataclasses.replace(out, metrics={**out.metrics, NONFINITE: (keep & ~ok).astype(jnp.float32)})
 
     return run

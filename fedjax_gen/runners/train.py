@@ -28,7 +28,7 @@ from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.config import DataConfig, PerformanceFlags, RunConfig
 from fedjax_gen.errors import InvalidValue, NonFiniteState, UnreachableBudget, UserError
 from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place, run_rounds
-from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, compress_uplink, error_feedback_uplink
+from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, with_uplink
 from fedjax_gen.federated.engine import client_uploads
 from fedjax_gen.federated.algorithm import ClientOutput, server_state
 from fedjax_gen.federated.execution import all_finite
@@ -151,18 +151,15 @@ class _Session:
         self.cohort = self.built.clients_per_round or self.num_clients
         # A DP run draws its clients as its plan accounts them (Poisson by default).
         sampling = self.built.plan.round_sampling if self.built.plan is not None else {}
-        algorithms = (self.built.algorithm,) + tuple(self.built.later_rounds)
-        if self.compression.error_feedback:
-            one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), self.data)
-            algorithms = (error_feedback_uplink(self.built.algorithm, self.compression, self.num_clients, one),)
-        elif not self.compression.is_identity:
-            algorithms = tuple(compress_uplink(a, self.compression) for a in algorithms)
+        # (topk-ef is refused for methods with later rounds: one algorithm keeps the residuals.)
+        algorithms = tuple(with_uplink(a, self.compression, self.data)
+                           for a in (self.built.algorithm,) + tuple(self.built.later_rounds))
         # The round state: the method's, and with error feedback every client's residual beside it.
         self.state = algorithms[0].init(self.keys["init"])
         # Round 1's uploads as the server received them (uploads.npz): compressed as sent. Error
         # feedback's first round starts from zero residuals, so it sends plain top-k.
         first = dataclasses.replace(self.compression, error_feedback=False)
-        self.round1_algorithm = self.built.algorithm if first.is_identity else compress_uplink(self.built.algorithm, first)
+        self.round1_algorithm = with_uplink(self.built.algorithm, first, self.data)
         if len(algorithms) > 1 and len(algorithms) != self.built.rounds:
             raise ValueError(f"{job.method}: later_rounds must hold rounds 2..{self.built.rounds}")
         aggregate = self.built.aggregate or (None,) * len(algorithms)

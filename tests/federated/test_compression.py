@@ -17,7 +17,7 @@ from fedjax_gen.data import load_dataset, pad_clients, partition
 from fedjax_gen.data.client_data import to_float
 from fedjax_gen.federated import Execution, make_round
 from fedjax_gen.federated.engine import sample_clients
-from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, weighted_mean
+from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm, row_shapes, weighted_mean
 from fedjax_gen.federated.compression import (
     UPLINK_BYTES,
     Compression,
@@ -194,13 +194,9 @@ def _ef(fraction=0.1):
     return Compression("topk", fraction=fraction, error_feedback=True)
 
 
-def _example_client(cd):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), cd)
-
-
 def _ef_rounds(cd, execution, rounds, per_round=PER_ROUND, algorithm=None):
     base = algorithm or _mean_estimation()
-    algorithm = error_feedback_uplink(base, _ef(), NUM_CLIENTS, _example_client(cd))
+    algorithm = error_feedback_uplink(base, _ef(), cd)
     state = algorithm.init(jax.random.key(0))
     rnd = make_round(algorithm, num_clients=NUM_CLIENTS, clients_per_round=per_round, execution=execution,
                      example_state=state, example_data=jax.tree.map(np.asarray, cd))
@@ -216,7 +212,7 @@ def _ef_reference(cd, rounds):
     algorithm = _mean_estimation()
     state = algorithm.init(jax.random.key(0))
     message = algorithm.broadcast(state)
-    shapes = jax.eval_shape(algorithm.client_update, message, _example_client(cd), jax.random.key(0)).upload
+    shapes = jax.eval_shape(algorithm.client_update, message, row_shapes(cd), jax.random.key(0)).upload
     residuals = [jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes) for _ in range(NUM_CLIENTS)]
     for r in range(rounds):
         k_sample, k_clients, k_server = jax.random.split(jax.random.key(50 + r), 3)
@@ -307,7 +303,7 @@ def test_error_feedback_residuals_resume_from_a_checkpoint(clients, tmp_path):
     state, 2 more rounds == 4 uninterrupted rounds."""
     from fedjax_gen.checkpoint import Checkpointer
 
-    algorithm = error_feedback_uplink(_mean_estimation(), _ef(), NUM_CLIENTS, _example_client(clients))
+    algorithm = error_feedback_uplink(_mean_estimation(), _ef(), clients)
     rnd = make_round(algorithm, num_clients=NUM_CLIENTS, clients_per_round=PER_ROUND, execution=Execution("chunked", 1))
     run = lambda state, rounds: [state := rnd.step(state, clients, jax.random.key(50 + r))[0] for r in rounds][-1]
     want = jax.device_get(run(algorithm.init(jax.random.key(0)), range(4)))
