@@ -204,6 +204,9 @@ def compare_main(argv=None):
     p.add_argument("--uplinks", default="none", help="comma-separated --uplink specs, an axis of the study "
                                                      "(e.g. none,q8,topk-ef:0.1); a method that refuses one is a "
                                                      "skipped row with the reason")
+    p.add_argument("--augment", default="method", help="--augment for every method's synthetic set (e.g. none, "
+                                                        "or rotate:20,scale:0.2,shift:0.07,elastic:0.05); method: "
+                                                        "each method's own default")
     p.add_argument("--scale", default="full", choices=tuple(grid.PRESETS), help="each method's preset size")
     p.add_argument("--quick", action="store_true", help="a few-minute pass: --scale quick, 1 seed, budgets "
                                                         "none,10,1 (explicit --seeds / --budgets win)")
@@ -242,12 +245,19 @@ def compare_main(argv=None):
             parse_uplink(u)
         except UserError as e:
             raise UserError(f"--uplinks: {e}") from None
+    if a.augment != "method":
+        from fedjax_gen.data.augment import parse_augment
+
+        try:
+            parse_augment(a.augment)
+        except UserError as e:
+            raise UserError(f"--augment: {e}") from None
     if seeds < 1 or a.clients < 1:
         raise UserError("--seeds and --clients must be >= 1")
     s = study.Study(root=a.out or os.path.join("runs", f"compare-{a.dataset}"), dataset=a.dataset, clients=a.clients,
                     partitions=tuple(x.strip() for x in a.partitions.split(",")), methods=names, budgets=budgets,
                     seeds=seeds, scale=scale, data_dir=a.data_dir, max_train=a.max_train,
-                    uplinks=uplinks, validation=a.validation,
+                    uplinks=uplinks, validation=a.validation, augment=None if a.augment == "method" else a.augment,
                     attack_queries=a.attack_queries, attack=a.attack)
     cells = s.cells()
     if a.list_jobs:

@@ -139,6 +139,11 @@ class RunConfig:
                                                    "these flags (RUN_DIR[:STEP])")
     num_synthetic: int = option(2000, "size of synthetic.npz (0: all a method has, where it keeps uploads)", min=0,
                                 resumable=True)
+    augment: str = option("none", "random label-preserving transforms of the synthetic set, drawn after the "
+                          "method (post-processing: no privacy cost): none, auto (rotate:20,scale:0.2,shift:0.07,"
+                          "elastic:0.05 on images of side >= 16 px: chosen on MNIST validation, it hurt on 8x8) or "
+                          "rotate:DEG,scale:S,shift:T,elastic:E[,smooth:L][,min_side:PX] (sizes as fractions of "
+                          "the image side)", resumable=True)
     tstr_steps: typing.Optional[int] = option(None, "classifier steps for TSTR (default: metrics' own)", min=1,
                                               resumable=True)
     fid_classifier_steps: int = option(1000, "training steps of the FID domain classifier (cached per dataset "

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 SKIP_SUFFIX = ".skipped.json"
-COLUMNS = ("method", "dataset", "eval_split", "partition", "epsilon", "seed", "uplink", "privacy_unit", "tstr_accuracy", "tstr_logreg", "real_ceiling",
+COLUMNS = ("method", "dataset", "eval_split", "partition", "epsilon", "seed", "uplink", "augment", "privacy_unit", "tstr_accuracy", "tstr_logreg", "real_ceiling",
            "fid", "precision", "recall", "mmd_rbf", "label_tv", "bytes_up_per_client", "bytes_down_per_client",
            "rounds", "compression_ratio", "wall_seconds", "attack", "attack_auc", "attack_tpr_at_1pct_fpr",
            "status", "run")
@@ -56,6 +56,7 @@ def row_of(run_dir: str) -> dict | None:
         "partition": res.get("partition"),
         "epsilon": target if target is not None else priv.get("epsilon"), "seed": (cfg.get("data") or {}).get("seed"),
         "privacy_unit": priv.get("privacy_unit"), "uplink": res.get("uplink") or "none",
+        "augment": res.get("augment") or "none",
         **{k: res.get(k) for k in ("tstr_accuracy", "tstr_logreg", "real_ceiling", "fid", "precision", "recall",
                                    "mmd_rbf", "label_tv", "bytes_up_per_client", "bytes_down_per_client",
                                    "rounds", "wall_seconds")},
@@ -91,7 +92,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
                                                                           -(kv[0][2] or math.inf))):
         ok = [r for r in rs if r["status"] == "ok"]
         agg = {"method": method, "partition": part, "epsilon": eps, "seeds": len(ok),
-               "uplink": rs[0].get("uplink") or "none", "status": "ok" if ok else rs[0]["status"]}
+               "uplink": rs[0].get("uplink") or "none",
+               "augment": rs[0].get("augment") or "none", "status": "ok" if ok else rs[0]["status"]}
         for k in ("tstr_accuracy", "tstr_logreg", "real_ceiling", "fid", "bytes_up_per_client", "attack_auc",
                   "attack_tpr_at_1pct_fpr", "compression_ratio", "wall_seconds", "label_tv"):
             vals = [float(r[k]) for r in ok if isinstance(r.get(k), (int, float))]

@@ -85,8 +85,9 @@ def cells(method_names, partitions, budgets, seeds: int, uplinks=("none",)) -> l
 
 
 def job_for(cell: Cell, root: str, dataset: str, clients: int, scale: str, data_dir=None, max_train=None,
-            delta: float = 1e-5, validation: int = 0):
-    """The Job of a cell (its run directory root/<cell.name>); the method's preset options."""
+            delta: float = 1e-5, validation: int = 0, augment: str | None = None):
+    """The Job of a cell (its run directory root/<cell.name>); the method's preset options.
+    augment: one --augment spec for every method (None: each method's own default)."""
     from fedjax_gen.runners.train import Job
 
     method = methods.get(cell.method)
@@ -100,7 +101,7 @@ def job_for(cell: Cell, root: str, dataset: str, clients: int, scale: str, data_
         privacy = PrivacyConfig(unit=unit, epsilon=cell.epsilon, delta=delta,
                                 clip=0.5 if unit == "user" and cell.method in UNIT else 1.0)
     run = RunConfig(**{**method.run_defaults, **RUN[scale], "out": os.path.join(root, cell.name),
-                       "progress": False, "uplink": cell.uplink})
+                       "progress": False, "uplink": cell.uplink, **({"augment": augment} if augment else {})})
     return Job(cell.method, data, run, PerformanceFlags(), privacy, options)
 
 

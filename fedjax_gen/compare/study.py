@@ -34,6 +34,7 @@ class Study:
     data_dir: str | None = None
     max_train: int | None = None
     validation: int = 0  # > 0: score every cell on a validation split of this size carved from training data
+    augment: str | None = None  # one --augment spec for every method (None: each method's own default)
     attack_queries: int = 200
     attack: bool = True
 
@@ -42,7 +43,7 @@ class Study:
 
     def job(self, cell):
         return grid.job_for(cell, self.root, self.dataset, self.clients, self.scale, self.data_dir, self.max_train,
-                            validation=self.validation)
+                            validation=self.validation, augment=self.augment)
 
 
 def run_cell(study: Study, cell) -> str:

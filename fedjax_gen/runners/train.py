@@ -26,6 +26,7 @@ from fedjax_gen import data as fdata
 from fedjax_gen import distributed, methods
 from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.config import DataConfig, PerformanceFlags, RunConfig
+from fedjax_gen.data.augment import applies, augment_images, parse_augment
 from fedjax_gen.errors import InvalidValue, NonFiniteState, UnreachableBudget, UserError
 from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place, run_rounds
 from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, with_uplink
@@ -71,6 +72,7 @@ def _check_run(job: Job, built) -> None:
         raise InvalidValue("unit", f"{job.method} implements no {job.privacy.unit}-level DP: drop {{unit}}")
     if run.num_synthetic == 0 and not methods.get(job.method).run_defaults.get("num_synthetic", 1) == 0:
         raise InvalidValue("num_synthetic", "{num_synthetic} must be >= 1 for a generator")
+    parse_augment(run.augment)  # a bad spec is refused before anything runs
     if perf.rounds_per_call > 1:
         for name in ("checkpoint_every", "eval_every"):
             every = getattr(run, name)
@@ -308,8 +310,8 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
         if schedule is not None and (len(schedule) == R or done == R):
             record["epsilon"] = float(schedule[done - 1 if len(schedule) == R else -1])
         if run.eval_every and done % run.eval_every == 0 and done < R and s.main:
-            x, y = built.synthesize(distributed.to_host(server_state(state)), min(run.num_synthetic or 2000, 2000),
-                                    jax.random.fold_in(s.keys["eval"], done))
+            x, y = _synthesize(s, distributed.to_host(server_state(state)), min(run.num_synthetic or 2000, 2000),
+                               jax.random.fold_in(s.keys["eval"], done))
             record.update({f"eval_{k}": v for k, v in evaluate(s.fed.dataset, x, y, s.keys["eval"], run,
                                                                      periodic=True).items()})
         write(record)
@@ -386,10 +388,25 @@ def _privacy_block(built, privacy) -> dict:
     return built.secure.privacy_report(block, built.rounds) if built.secure is not None else block
 
 
+AUGMENT_STREAM = 0x417567  # fold_in tag: the transforms' keys never reuse the sampler's
+
+
+def _synthesize(s: "_Session", state, n: int, key):
+    """The method's synthetic set, then --augment's transforms (post-processing of the release)."""
+    x, y = s.built.synthesize(state, n, key)
+    return augment_images(x, jax.random.fold_in(key, AUGMENT_STREAM), parse_augment(s.job.run.augment)), y
+
+
+def _augment_applied(s: "_Session") -> str:
+    """The transform the synthetic set really got (auto resolved against the image size)."""
+    spec = parse_augment(s.job.run.augment)
+    return spec.spec() if applies(spec, s.fed.dataset.image_shape) else "none"
+
+
 def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bool) -> dict:
     job, built, run = s.job, s.built, s.job.run
     ds = s.fed.dataset
-    x, y = built.synthesize(state, run.num_synthetic, s.keys["eval"])
+    x, y = _synthesize(s, state, run.num_synthetic, s.keys["eval"])
     evaluation = export_and_evaluate(run_dir, ds, x, y, s.keys["eval"], run)
     R, N = built.rounds, s.num_clients
     per_round = s.rounds if len(s.rounds) > 1 else s.rounds * R
@@ -411,6 +428,7 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
         "bytes_up_per_client": bytes_up / N, "bytes_down_per_client": bytes_down / N,
         "wall_seconds": wall, "rounds_per_second": R / max(wall, 1e-9), "execution": str(s.execution),
         "num_synthetic": int(len(y)), "resumed_export": resumed_export, "uplink": job.run.uplink,
+        "augment": _augment_applied(s),
         "bytes_up_uncompressed": int(raw_up), "compression_ratio": raw_up / max(bytes_up, 1),
         "privacy": _privacy_block(built, job.privacy),
         **(built.results(state, ds) if built.results else {}),

@@ -92,13 +92,16 @@ def test_uplink_compression_is_an_axis_of_the_study(tmp_path, capsys):
     """--uplinks: a compressed run is its own series with its measured compression ratio; a
     method that refuses the compression is a skipped row with the reason; a bad spec is
     refused before anything is written. --validation: every run is scored on a split held out
-    of the training data, and the table says so."""
+    of the training data, and the table says so. --augment: one transform for every method's
+    synthetic set, marked in the table."""
     root = str(tmp_path / "study")
     base = ["--scale", "tiny", "--seeds", "1", "--budgets", "none", "--clients", "6", "--max-train", "150",
             "--validation", "30", "--no-attack", "--methods", "fedgan,dp_merf", "--out", root]
     assert cli.run(cli.compare_main, base + ["--uplinks", "none,zip"]) == 2
     assert "--uplinks" in capsys.readouterr().err and not os.path.exists(root)
-    assert cli.run(cli.compare_main, base + ["--uplinks", "none,topk-ef:0.25"]) == 0
+    assert cli.run(cli.compare_main, base + ["--augment", "shift:2"]) == 2  # --augment is checked up front too
+    assert "--augment" in capsys.readouterr().err and not os.path.exists(root)
+    assert cli.run(cli.compare_main, base + ["--uplinks", "none,topk-ef:0.25", "--augment", "shift:0.1"]) == 0
     rows = {(r["method"], r["uplink"]): r for r in csv.DictReader(open(os.path.join(root, "comparison.csv")))}
     assert set(rows) == {(m, u) for m in ("fedgan", "dp_merf") for u in ("none", "topk-ef:0.25")}
     ef, raw = rows[("fedgan", "topk-ef:0.25")], rows[("fedgan", "none")]
@@ -108,7 +111,8 @@ def test_uplink_compression_is_an_axis_of_the_study(tmp_path, capsys):
     skipped = rows[("dp_merf", "topk-ef:0.25")]["status"]
     assert skipped.startswith("skipped") and "topk-ef" in skipped
     md = open(os.path.join(root, "comparison.md")).read()
-    assert "| fedgan [topk-ef:0.25] |" in md and md.startswith("# Comparison on digits (scored on: validation:30)")
+    assert "| fedgan [topk-ef:0.25] * |" in md and md.startswith("# Comparison on digits (scored on: validation:30)")
+    assert "--augment shift:0.1" in md and {r["augment"] for r in rows.values() if r["status"] == "ok"} == {"shift:0.1"}
     assert {r["eval_split"] for r in rows.values() if r["status"] == "ok"} == {"validation:30"}
     config = json.load(open(os.path.join(raw["run"], "config.json")))
     assert config["data"]["validation"] == 30
