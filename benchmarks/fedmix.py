@@ -1,6 +1,6 @@
 """Fedmix costs: client-side feature extraction + statistic per example (round 1 with the
-second moment, rounds 2-3 with the E-step), server fit (M-step), sampling, and optionally a
-whole federated MNIST run. `python benchmarks/fedmix.py [--examples 2000] [--out FILE]`.
+second moment, rounds 2-3 with the E-step), server fit (M-step), sampling, and the
+synthetic set's transforms (--augment auto on 28x28). `python benchmarks/fedmix.py [--examples 2000] [--out FILE]`.
 Timings are steady state (after one compile call), median of --repeats; the machine's load is
 recorded because these numbers are only comparable on an idle machine."""
 
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_gen.algorithms import fedmix as fm
+from fedjax_gen.data.augment import AUTO, augment_images
 
 
 def _time(fn, repeats):
@@ -57,6 +58,7 @@ def main(argv=None):
         "round2_us_per_example": 1e6 * _time(lambda: r2(model, x, y, mask), a.repeats) / a.examples,
         "server_fit_s": _time(lambda: fit(s2), a.repeats),
         "sample_50k_s": _time(lambda: fm.sample(cfg, b, model, np.arange(50000) % 10, jax.random.key(1)), 1),
+        "augment_50k_s": _time(lambda: augment_images(np.asarray(x[:1]).repeat(50000, 0), jax.random.key(2), AUTO), 1),
         "bytes_up_round1": 4 * fm.stat_size(cfg, 1),
         "bytes_up_round2": 4 * fm.stat_size(cfg, cfg.components, second=False, sub=cfg.sub_rank > 0),
     }
