@@ -54,7 +54,9 @@ class Augment:
         return self.rotate == self.scale == self.shift == self.elastic == 0.0
 
     def spec(self) -> str:
-        return ",".join(f"{f.name}:{getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        """The parse_augment string of this spec (fields at their default left out)."""
+        return ",".join(f"{f.name}:{getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                        if getattr(self, f.name) != f.default)
 
 
 _LIMITS = {"rotate": (0.0, 180.0), "scale": (0.0, 0.9), "shift": (0.0, 0.5), "elastic": (0.0, 0.5),
