@@ -1,6 +1,6 @@
 """Fedmix costs: client-side feature extraction + statistic per example (round 1 with the
-second moment, rounds 2-3 with the E-step), server fit (M-step), sampling, and the
-synthetic set's transforms (--augment auto on 28x28). `python benchmarks/fedmix.py [--examples 2000] [--out FILE]`.
+second moment, rounds 2-3 with the E-step), server fit (M-step), sampling, and the synthetic
+set's transforms (--augment auto on 28x28). `python benchmarks/fedmix.py [--examples 2000] [--out FILE]`.
 Timings are steady state (after one compile call), median of --repeats; the machine's load is
 recorded because these numbers are only comparable on an idle machine."""
 

@@ -41,7 +41,7 @@ def _point_label(a) -> str:
 
 def markdown(agg, dataset: str) -> str:
     lines = [f"# Comparison on {dataset}", ""]
-    augments = sorted({a.get("augment") or "none" for a in agg} - {"none"})
+    augments = sorted({a["augment"] for a in agg} - {"none"})  # aggregate() writes "none" for no transform
     if augments:  # transforms of a synthetic set change its TSTR: say which rows had them
         lines += ["Rows marked * drew their synthetic set through --augment " + "; ".join(augments)
                   + " (post-processing, no privacy cost).", ""]
@@ -53,7 +53,7 @@ def markdown(agg, dataset: str) -> str:
         for a in [a for a in agg if a["partition"] == part]:
             up = a["bytes_up_per_client"]
             lines.append(
-                f"| {a['method']}{'' if (a.get('augment') or 'none') == 'none' else ' *'} | {_eps(a['epsilon'])} | {a['seeds']} | "
+                f"| {a['method']}{'' if a['augment'] == 'none' else ' *'} | {_eps(a['epsilon'])} | {a['seeds']} | "
                 f"{_pm(a['tstr_accuracy'], a['tstr_accuracy_std'])} | {_pm(a['tstr_logreg'], a['tstr_logreg_std'])} | "
                 f"{_pm(a['real_ceiling'], None)} | {_pm(a['fid'], a['fid_std'], '{:.1f}')} | "
                 f"{'-' if up is None else f'{up / 1e3:.1f} KB'} | {_pm(a['attack_auc'], a['attack_auc_std'])} | "

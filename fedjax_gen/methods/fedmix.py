@@ -174,8 +174,8 @@ class Fedmix(Method):
     config_key = "fedmix_config"
     units = ("example", "user")
     description = "DP-EM of a class-conditional Gaussian mixture from <= 3 noisy sums (fedjax_gen's own method)"
-    # Chosen on MNIST validation (docs/fedmix.md, eighth session): +3 to +4 TSTR points at eps 0.2-10;
-    # auto leaves images under 16 px alone (on the 8x8 digits it cost 4 points).
+    # Chosen on MNIST validation (docs/fedmix.md, eighth session): +4.0 TSTR points at eps 0.2, +2.7 to
+    # +3.5 at eps 1, +1.1 at eps 10; auto leaves images under 16 px alone (on the 8x8 digits it cost 4).
     run_defaults = {"augment": "auto"}
     # The server's fit calls LAPACK (eigh, cholesky) inside the jitted round; replicated over a
     # multi-device XLA:CPU mesh (8 forced host devices) that round never finished (measured: a hang in
