@@ -44,10 +44,10 @@ def main(argv=None):
     y = jnp.asarray(rng.integers(0, 10, a.examples).astype(np.int32))
     mask = jnp.ones((a.examples,), bool)
     b = jnp.asarray(fm.basis(cfg))
-    r1 = jax.jit(lambda x, y, m: fm.client_stat(cfg, b, None, x, y, m, 1))
+    r1 = jax.jit(lambda x, y, m: fm.client_stat(cfg, b, None, x, y, m))
     s1 = r1(x, y, mask)
     model = fm.split(cfg, fm.fit(cfg, s1, 1), jax.random.key(0))
-    r2 = jax.jit(lambda mod, x, y, m: fm.client_stat(cfg, b, mod, x, y, m, cfg.components))
+    r2 = jax.jit(lambda mod, x, y, m: fm.client_stat(cfg, b, mod, x, y, m))
     s2 = r2(model, x, y, mask)
     moments = fm.unpack(cfg, s1, 1)[1]
     fit = jax.jit(lambda s: fm.fit(cfg, s, cfg.components, moments, prev=model, round_index=1))

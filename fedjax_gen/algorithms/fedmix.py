@@ -198,12 +198,11 @@ def _responsibilities_sub(model: Mixture, u, y):
     return jax.nn.softmax(logits, axis=-1)
 
 
-def client_stat(cfg: FedmixConfig, basis_, model: Mixture | None, x_uint8, y, mask, K: int = 1,
-                second: bool | None = None):
+def client_stat(cfg: FedmixConfig, basis_, model: Mixture | None, x_uint8, y, mask, second: bool | None = None):
     """One client's statistic: sum over its real examples of the per-example vector
     e_y (x) [r (x) [a, b u], vech(u u^T)]; padding (mask False) contributes exactly 0.
-    model None (round 1): r = 1 for the single component. second (default: model is None)
-    includes the second moment. Returns [stat_size(cfg, K, second)]."""
+    model None (round 1): r = 1 for the single component; otherwise K = the model's components.
+    second (default: model is None) includes the second moment. Returns [stat_size(cfg, K, second)]."""
     second = (model is None) if second is None else second
     C = cfg.num_classes
     u = ff.clipped_coefficients(basis_, x_uint8, cfg.clip)  # [B, d]
@@ -212,7 +211,6 @@ def client_stat(cfg: FedmixConfig, basis_, model: Mixture | None, x_uint8, y, ma
         r = jnp.ones((u.shape[0], 1))
     else:
         r = responsibilities(model, u, y)
-        K = r.shape[1]
     per = jnp.concatenate([cfg.count_weight * jnp.ones_like(u[:, :1]), cfg.mean_weight * u], axis=1)
     first = jnp.einsum("bc,bk,be->cke", onehot, r, per)  # [C, K, d + 1]
     parts = [first.reshape(-1)]
@@ -231,25 +229,25 @@ def clip_user(vec, bound: float):
     return vec * jnp.minimum(1.0, bound / jnp.maximum(norm, 1e-12))
 
 
-def per_client(cfg: FedmixConfig, basis_, model: Mixture | None, K: int):
+def per_client(cfg: FedmixConfig, basis_):
     """client_fn(model, client, key) -> vector, for the engine's map/sum over the client axis."""
 
     def fn(message, client, key):
         del key
-        v = client_stat(cfg, basis_, message, client.x, client.y, client.mask, K, second=message is None)
+        v = client_stat(cfg, basis_, message, client.x, client.y, client.mask, second=message is None)
         return clip_user(v, cfg.user_clip) if cfg.privacy_unit == "user" else v
 
     return fn
 
 
-def sum_clients(cfg: FedmixConfig, basis_, model, data, K: int, execution=None, chunk: int = 8):
+def sum_clients(cfg: FedmixConfig, basis_, model, data, execution=None, chunk: int = 8):
     """Sum of client_stat over all clients of a padded ClientData, through the engine's
     chunked client-axis sum (clients with mask all False contribute 0)."""
     from fedjax_gen.federated import execution as ex
     from fedjax_gen.federated.algorithm import ClientOutput
 
     execution = execution or ex.Execution("chunked", chunk)
-    fn = per_client(cfg, basis_, model, K)
+    fn = per_client(cfg, basis_)
     upd = lambda m, c, k: ClientOutput(fn(m, c, k), jnp.sum(c.mask).astype(jnp.float32), {})
     n = int(data.counts.shape[0])
     pad = -n % (execution.chunk or 1)
@@ -477,15 +475,15 @@ def sample_labels(m: Mixture, n: int, key):
 
 def run_central(cfg: FedmixConfig, x_uint8, y, multipliers, key, stat_fn=None):
     """The whole method on one data holder (the central reference of the federated sum; the
-    federated driver replaces stat_fn with sum_clients). multipliers: per round, 0 = no noise.
+    federated driver replaces stat_fn(model) with sum_clients). multipliers: per round, 0 = no noise.
     Returns (mixture, list of released vectors)."""
     if stat_fn is None:
         b = jnp.asarray(basis(cfg))
         mask = jnp.ones(y.shape, bool)
-        stat_fn = lambda model, K: _batched_stat(cfg, b, model, x_uint8, y, mask, K)
+        stat_fn = lambda model: _batched_stat(cfg, b, model, x_uint8, y, mask)
     keys = jax.random.split(key, 2 * cfg.rounds)
     releases = []
-    s = stat_fn(None, 1)
+    s = stat_fn(None)
     r = release(s, multipliers[0] * cfg.round_sensitivity(0), keys[0])
     releases.append(r)
     noise0 = multipliers[0] * cfg.round_sensitivity(0)
@@ -494,15 +492,15 @@ def run_central(cfg: FedmixConfig, x_uint8, y, multipliers, key, stat_fn=None):
     if cfg.rounds > 1:
         m = split(cfg, m, keys[1], noise0)
     for t in range(1, cfg.rounds):
-        s = stat_fn(m, cfg.components)
+        s = stat_fn(m)
         r = release(s, multipliers[t] * cfg.round_sensitivity(t), keys[2 * t])
         releases.append(r)
         m = fit(cfg, r, cfg.components, moments, moment_noise_std=noise0, prev=m, round_index=t)
     return m, releases
 
 
-def _batched_stat(cfg, b, model, x, y, mask, K, batch=2000):
-    f = jax.jit(lambda xx, yy, mm: client_stat(cfg, b, model, xx, yy, mm, K))
+def _batched_stat(cfg, b, model, x, y, mask, batch=2000):
+    f = jax.jit(lambda xx, yy, mm: client_stat(cfg, b, model, xx, yy, mm))
     total = 0.0
     for s in range(0, len(y), batch):
         total = total + f(jnp.asarray(x[s:s + batch]), jnp.asarray(y[s:s + batch]), mask[s:s + batch])

@@ -75,7 +75,7 @@ def target_scores(cfg: fm.FedmixConfig, basis, x_client, y_client, mask, x_query
     @jax.jit
     def one(u_star, c_star, pub):
         m = crafted_mixture(cfg, u_star, c_star, pub, scale)
-        v = fm.client_stat(cfg, basis, m, x_client, y_client, mask, K, second=False)
+        v = fm.client_stat(cfg, basis, m, x_client, y_client, mask, second=False)
         first = fm.unpack(cfg, v, K, second=False, sub=cfg.sub_rank > 0)[0][c_star, 0]
         direction = jnp.concatenate([jnp.array([a]), b * u_star])
         return jnp.dot(first, direction) / jnp.linalg.norm(direction)

@@ -69,13 +69,10 @@ def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis, moment_std: float) -> 
                            cfg.sub_rank)
         return {"mixture": mix, "second": jnp.zeros((C, ff.num_moments(d))), "round": jnp.int32(0)}
 
-    def update(K_stat):
-        def client_update(message, client, key):
-            v = fm.client_stat(cfg, basis, message, client.x, client.y, client.mask, K_stat,
-                               second=message is None)
-            v = fm.clip_user(v, cfg.user_clip) if user else v
-            return ClientOutput(v, jnp.sum(client.mask).astype(jnp.float32), {})
-        return client_update
+    def client_update(message, client, key):  # round 1: message None (second moments); later: the mixture
+        v = fm.client_stat(cfg, basis, message, client.x, client.y, client.mask, second=message is None)
+        v = fm.clip_user(v, cfg.user_clip) if user else v
+        return ClientOutput(v, jnp.sum(client.mask).astype(jnp.float32), {})
 
     def first_server(state, summed, num_sampled, key):
         k_noise, k_split = jax.random.split(key)
@@ -93,8 +90,8 @@ def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis, moment_std: float) -> 
             return {**state, "mixture": m, "round": state["round"] + 1}, {"examples": summed.weight}
         return server_update
 
-    first = FederatedAlgorithm("fedmix", init, lambda state: None, update(1), first_server)
-    later = tuple(FederatedAlgorithm("fedmix", init, lambda state: state["mixture"], update(K),
+    first = FederatedAlgorithm("fedmix", init, lambda state: None, client_update, first_server)
+    later = tuple(FederatedAlgorithm("fedmix", init, lambda state: state["mixture"], client_update,
                                      later_server(r)) for r in range(1, cfg.rounds))
     return first, later
 

@@ -75,7 +75,7 @@ def test_noiseless_stat_equals_numpy(with_model):
     x, y = _data()
     model = _model() if with_model else None
     K = 2 if with_model else 1
-    got = fm.client_stat(CFG, jnp.asarray(fm.basis(CFG)), model, x, y, jnp.ones(len(y), bool), K, second=True)
+    got = fm.client_stat(CFG, jnp.asarray(fm.basis(CFG)), model, x, y, jnp.ones(len(y), bool), second=True)
     assert got.shape == (fm.stat_size(CFG, K),)
     np.testing.assert_allclose(got, _ref_stat(x, y, model), rtol=1e-4, atol=1e-4)
     noiseless = fm.release(got, 0.0, jax.random.key(0))
@@ -87,12 +87,12 @@ def test_per_example_groups_within_their_bounds():
     b, model = jnp.asarray(fm.basis(CFG)), _model()
     one = jnp.ones((1,), bool)
     for i in range(len(y)):
-        v = fm.client_stat(CFG, b, model, x[i:i + 1], y[i:i + 1], one, 2, second=True)
+        v = fm.client_stat(CFG, b, model, x[i:i + 1], y[i:i + 1], one, second=True)
         first, second = fm.unpack(CFG, v, 2)
         assert float(jnp.linalg.norm(first)) <= math.hypot(CFG.count_weight, CFG.mean_weight) + 1e-5
         assert float(jnp.linalg.norm(second)) <= 1.0 + 1e-5
         assert float(jnp.linalg.norm(v)) <= CFG.round_sensitivity(0) + 1e-5
-        later = fm.client_stat(CFG, b, model, x[i:i + 1], y[i:i + 1], one, 2)  # rounds 2-3: first moments
+        later = fm.client_stat(CFG, b, model, x[i:i + 1], y[i:i + 1], one)  # rounds 2-3: first moments
         np.testing.assert_array_equal(later, first.reshape(-1))
         assert float(jnp.linalg.norm(later)) <= CFG.round_sensitivity(1) + 1e-5
     u = ff.clipped_coefficients(b, x, CFG.clip)
@@ -123,12 +123,12 @@ def test_client_axis_sum_equals_central_and_two_level_sum(with_model):
     b, model = jnp.asarray(fm.basis(CFG)), (_model() if with_model else None)
     K = 2 if with_model else 1
     parts, data = _clients(x, y)
-    flat = fm.sum_clients(CFG, b, model, data, K, chunk=3)
-    central = fm.client_stat(CFG, b, model, x, y, jnp.ones(len(y), bool), K)
+    flat = fm.sum_clients(CFG, b, model, data, chunk=3)
+    central = fm.client_stat(CFG, b, model, x, y, jnp.ones(len(y), bool))
     np.testing.assert_allclose(flat, central, rtol=1e-4, atol=1e-4)
     # devices -> edge servers -> server: each edge sums its own devices, the server sums edges
     edges = [[0, 3, 5], [1, 2], [4, 6]]
-    edge_sums = [fm.sum_clients(CFG, b, model, pad_clients(x, y, [parts[c] for c in e]), K, chunk=2) for e in edges]
+    edge_sums = [fm.sum_clients(CFG, b, model, pad_clients(x, y, [parts[c] for c in e]), chunk=2) for e in edges]
     np.testing.assert_allclose(sum(edge_sums), flat, rtol=1e-5, atol=1e-4)
     key = jax.random.key(3)
     np.testing.assert_allclose(fm.release(sum(edge_sums), 1.5, key), fm.release(flat, 1.5, key), rtol=1e-5, atol=1e-4)
@@ -321,7 +321,7 @@ def test_component_covariance_stat_equals_numpy():
         vech = np.array([outer[a, b] * (1 if a == b else math.sqrt(2)) for a in range(q) for b in range(a, q)])
         first[y[i]] += r[:, None] * np.concatenate([[SUB.count_weight], SUB.mean_weight * u[i]])[None]
         sub[y[i]] += r[:, None] * SUB.sub_weight * vech[None]
-    got = fm.client_stat(SUB, jnp.asarray(fm.basis(SUB)), m, x, y, jnp.ones(len(y), bool), K)
+    got = fm.client_stat(SUB, jnp.asarray(fm.basis(SUB)), m, x, y, jnp.ones(len(y), bool))
     assert got.shape == (fm.stat_size(SUB, K, second=False, sub=True),)
     np.testing.assert_allclose(got, np.concatenate([first.ravel(), sub.ravel()]), rtol=2e-4, atol=2e-4)
 
@@ -334,7 +334,7 @@ def test_component_covariance_rounds_stay_within_their_sensitivity(scale):
     b, m = jnp.asarray(fm.basis(SUB)), _sub_model(scale=scale)
     bound = math.sqrt(SUB.count_weight ** 2 + SUB.mean_weight ** 2 + SUB.sub_weight ** 2)
     assert SUB.round_sensitivity(1) == pytest.approx(bound)
-    norms = [float(jnp.linalg.norm(fm.client_stat(SUB, b, m, x[i:i + 1], y[i:i + 1], jnp.ones((1,), bool), 2)))
+    norms = [float(jnp.linalg.norm(fm.client_stat(SUB, b, m, x[i:i + 1], y[i:i + 1], jnp.ones((1,), bool))))
              for i in range(len(y))]
     assert max(norms) <= bound + 1e-5
     assert max(norms) > 0.9 * math.hypot(SUB.count_weight, SUB.mean_weight)
@@ -359,7 +359,7 @@ def test_component_covariances_are_recovered_without_noise():
     m1 = fm.split(cfg, m1, jax.random.key(0))
     m1 = fm.Mixture(jnp.asarray(np.stack(centres)[None] / 255.0 / cfg.clip, jnp.float32), m1.log_weights, m1.chol,
                     m1.class_log_probs, m1.rot, m1.sub_chol)
-    s2 = fm.client_stat(cfg, b, m1, x, y, jnp.ones(len(y), bool), 2)
+    s2 = fm.client_stat(cfg, b, m1, x, y, jnp.ones(len(y), bool))
     fitted = fm.fit(cfg, s2, 2, fm.unpack(cfg, s1, 1)[1], prev=m1, round_index=1)
     u = np.asarray(ff.clipped_coefficients(b, x, cfg.clip), np.float64)
     r = np.asarray(fm.responsibilities(m1, jnp.asarray(u, jnp.float32), jnp.asarray(y)), np.float64)
@@ -382,7 +382,7 @@ def test_noisy_component_blocks_shrink_towards_the_class_block():
     s1 = fm.client_stat(SUB, b, None, x, y, jnp.ones(len(y), bool))
     m1 = fm.split(SUB, fm.fit(SUB, s1, 1), jax.random.key(0))
     moments = fm.unpack(SUB, s1, 1)[1]
-    s2 = fm.client_stat(SUB, b, m1, x, y, jnp.ones(len(y), bool), 2)
+    s2 = fm.client_stat(SUB, b, m1, x, y, jnp.ones(len(y), bool))
     n_first = fm.stat_size(SUB, 2, second=False)
     noise = 100.0  # on the subspace moments only, so counts, means and the class block stay exact
     noisy = s2.at[n_first:].add(noise * jax.random.normal(jax.random.key(1), (s2.shape[0] - n_first,)))

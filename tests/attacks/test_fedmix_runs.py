@@ -64,7 +64,7 @@ def test_crafted_broadcast_cannot_raise_the_sensitivity():
     worst = 0.0
     for m in models:
         for i in range(len(ys)):
-            v = fm.client_stat(CFG, b, m, xs[i:i + 1], ys[i:i + 1], one, 5, second=False)
+            v = fm.client_stat(CFG, b, m, xs[i:i + 1], ys[i:i + 1], one, second=False)
             worst = max(worst, float(jnp.linalg.norm(v)))
     assert worst <= CFG.round_sensitivity(1) + 1e-5
     assert worst > 0.9 * math.hypot(CFG.count_weight, CFG.mean_weight)  # the bound is reached (tight)
