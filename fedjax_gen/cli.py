@@ -53,14 +53,15 @@ def worded(error: UserError, method) -> UserError:
     return out
 
 
-def _add_flags(group, cls, defaults: dict) -> None:
+def _add_flags(group, cls, defaults: dict, unit_defaults: dict | None = None) -> None:
     types = fconfig.field_types(cls)
     for f in dataclasses.fields(cls):
         base, _ = types[f.name]
         default = defaults.get(f.name, f.default)
         m = f.metadata
         names = [fconfig.flag_name(f), *m.get("aliases", ())]
-        shown = "" if default is None else f" (default: {default})"
+        per_unit = "".join(f"; {u} level: {d[f.name]}" for u, d in (unit_defaults or {}).items() if f.name in d)
+        shown = "" if default is None else f" (default: {default}{per_unit})"
         extra = f" [{' | '.join(m['choices'])}]" if m.get("choices") else ""
         if base is bool:
             if m.get("negate"):
@@ -80,7 +81,8 @@ def build_parser(method, description: str, algorithms: tuple = ()) -> argparse.A
         p.add_argument("--algorithm", default=argparse.SUPPRESS,
                        help=f"{' | '.join(algorithms)} (default: {algorithms[0]})")
     for name, cls in _classes(method):
-        _add_flags(p.add_argument_group(name), cls, method.run_defaults if name == "run" else {})
+        _add_flags(p.add_argument_group(name), cls, method.run_defaults if name == "run" else {},
+                   method.unit_run_defaults if name == "run" else None)
     return p
 
 
@@ -102,7 +104,7 @@ def parse(method_name: str, argv, description: str = "", algorithms: tuple = ())
         raise UserError(f"unknown --algorithm {name!r}; choose {' or '.join(algorithms)}")
     method = methods.get(name)
     if not given.get("resume"):
-        values = {**method.run_defaults, **given}
+        values = {**method.run_defaults, **method.unit_run_defaults.get(given.get("unit"), {}), **given}
         # A method with one privacy unit takes --epsilon / --noise-multiplier without --dp.
         if "unit" not in values and len(method.units) == 1 and (
                 values.get("epsilon") is not None or values.get("noise_multiplier") is not None):

@@ -7,6 +7,8 @@ A method is a class with
   config_key           the config.json section holding its internal config
   units                the privacy units it implements ("example", "user")
   run_defaults         RunConfig defaults it changes (e.g. DOSFL keeps every upload)
+  unit_run_defaults    per privacy unit, RunConfig defaults that replace run_defaults' (fedmix:
+                       no synthetic-set transform at user level, where it was measured to hurt)
   build(ctx) -> Built  validates its options against the data and privacy request and
                        returns everything the driver runs
 
@@ -105,6 +107,7 @@ class Method:
     config_key: ClassVar[str]
     units: ClassVar[tuple] = ()
     run_defaults: ClassVar[dict] = {}
+    unit_run_defaults: ClassVar[dict] = {}  # {unit: {RunConfig field: default}}
     description: ClassVar[str] = ""
     single_device: ClassVar[bool] = False  # run on one device of the mesh (see methods/fedmix.py for why)
 

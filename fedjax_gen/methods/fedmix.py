@@ -174,6 +174,9 @@ class Fedmix(Method):
     # Chosen on MNIST validation (docs/fedmix.md, eighth session): +4.0 TSTR points at eps 0.2, +2.7 to
     # +3.5 at eps 1, +1.1 at eps 10; auto leaves images under 16 px alone (on the 8x8 digits it cost 4).
     run_defaults = {"augment": "auto"}
+    # At user level (one Gaussian per class from a 1-round release) the same transform cost 8.7 points on
+    # MNIST validation (0.631 -> 0.544 at eps 1; docs/fedmix.md, ninth session): off by default there.
+    unit_run_defaults = {"user": {"augment": "none"}}
     # The server's fit calls LAPACK (eigh, cholesky) inside the jitted round; replicated over a
     # multi-device XLA:CPU mesh (8 forced host devices) that round never finished (measured: a hang in
     # round 1, one device fine). Its clients are cheap dense sums, so one device costs little.

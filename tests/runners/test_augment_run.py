@@ -44,3 +44,22 @@ def test_bad_augment_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--augment" in err, err
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_fedmix_default_transform_depends_on_the_privacy_unit(monkeypatch):
+    """fedmix: auto at example level (and without DP), none at user level (measured to hurt
+    there); a typed --augment wins at every unit, and the comparison's jobs use the same rule."""
+    from fedjax_gen.compare import grid
+
+    common = ["--dataset", "digits", "--epsilon", "1"]
+    augment = lambda argv: cli.parse("fedmix", argv)[0].run.augment
+    assert augment(["--dataset", "digits"]) == "auto"
+    assert augment(common + ["--dp", "example"]) == "auto"
+    assert augment(common + ["--dp", "user"]) == "none"
+    assert augment(common + ["--privacy-unit", "user", "--augment", "auto"]) == "auto"
+    assert augment(["--dataset", "digits", "--dp", "user", "--noise-multiplier", "1"]) == "none"
+    cell = grid.Cell("fedmix", "iid", 1.0, 0)
+    assert grid.job_for(cell, "/nonexistent", "digits", 10, "tiny").run.augment == "auto"
+    monkeypatch.setitem(grid.UNIT, "fedmix", "user")
+    assert grid.job_for(cell, "/nonexistent", "digits", 10, "tiny").run.augment == "none"
+    assert grid.job_for(cell, "/nonexistent", "digits", 10, "tiny", augment="auto").run.augment == "auto"
