@@ -104,13 +104,11 @@ def parse(method_name: str, argv, description: str = "", algorithms: tuple = ())
         raise UserError(f"unknown --algorithm {name!r}; choose {' or '.join(algorithms)}")
     method = methods.get(name)
     if not given.get("resume"):
-        values = {**method.run_defaults, **given}
         # A method with one privacy unit takes --epsilon / --noise-multiplier without --dp.
-        if "unit" not in values and len(method.units) == 1 and (
-                values.get("epsilon") is not None or values.get("noise_multiplier") is not None):
-            values["unit"] = method.units[0]
-        per_unit = method.unit_run_defaults.get(values.get("unit"), {})  # the unit's defaults; typed flags win
-        values.update({k: v for k, v in per_unit.items() if k not in given})
+        if "unit" not in given and len(method.units) == 1 and (
+                given.get("epsilon") is not None or given.get("noise_multiplier") is not None):
+            given["unit"] = method.units[0]
+        values = {**method.run_defaults_for(given.get("unit")), **given}  # typed flags win
         configs = {sec: _build(cls, values) for sec, cls in _classes(method)}
         return Job(name, **configs), None
     if not given.get("out"):

@@ -100,7 +100,7 @@ def job_for(cell: Cell, root: str, dataset: str, clients: int, scale: str, data_
         unit = UNIT.get(cell.method, method.units[0] if method.units else "example")
         privacy = PrivacyConfig(unit=unit, epsilon=cell.epsilon, delta=delta,
                                 clip=0.5 if unit == "user" and cell.method in UNIT else 1.0)
-    run = RunConfig(**{**method.run_defaults, **method.unit_run_defaults.get(privacy.unit, {}), **RUN[scale], "out": os.path.join(root, cell.name),
+    run = RunConfig(**{**method.run_defaults_for(privacy.unit), **RUN[scale], "out": os.path.join(root, cell.name),
                        "progress": False, "uplink": cell.uplink, **({"augment": augment} if augment else {})})
     return Job(cell.method, data, run, PerformanceFlags(), privacy, options)
 

@@ -111,6 +111,11 @@ class Method:
     description: ClassVar[str] = ""
     single_device: ClassVar[bool] = False  # run on one device of the mesh (see methods/fedmix.py for why)
 
+    @classmethod
+    def run_defaults_for(cls, unit: str | None) -> dict:
+        """The RunConfig defaults of a run at privacy `unit`: run_defaults, then the unit's own."""
+        return {**cls.run_defaults, **cls.unit_run_defaults.get(unit, {})}
+
     def build(self, ctx: BuildContext) -> Built:  # pragma: no cover - protocol
         raise NotImplementedError
 
