@@ -8,6 +8,7 @@ structure, dtypes and (when given) shardings.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -44,6 +45,7 @@ class Checkpointer:
                 f"no checkpoint for round {step} in {self.directory} (have {self.steps()}): "
                 "pick one of those rounds or start a fresh run"
             )
+        _drop_orphaned_reads()  # before: a failing restore's orphans can report before its exception
         try:
             return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
         except Exception as e:  # orbax raises many types for unreadable/mismatched files
@@ -56,6 +58,24 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _drop_orphaned_reads() -> None:
+    """When a restore fails, the other arrays' tensorstore reads still complete into orbax's
+    asyncio loop, which the failure closed: each reports `RuntimeError: Event loop is closed`
+    through sys.unraisablehook (a traceback each, around the one-line error). Those, and only
+    those, are dropped from the first restore on; anything else goes to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_orphaned_reads", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._drops_orphaned_reads = True
+    sys.unraisablehook = hook
 
 
 def abstract_like(state):

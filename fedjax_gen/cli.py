@@ -183,11 +183,37 @@ def experiment(method_name: str, doc: str, algorithms: tuple = ()) -> int:
 
 
 
+def evaluate_main(argv=None):
+    """experiments/evaluate.py: score (or re-score) a finished run directory."""
+    from fedjax_gen.runners.evaluation import evaluate_run
+
+    p = _Parser(description="Score a finished run directory (e.g. one trained with --eval none), writing the same "
+                            "results.json fields the run itself writes.")
+    p.add_argument("run", metavar="RUN", help="a finished run directory (a run's --out)")
+    p.add_argument("--eval", dest="mode", default="full", choices=("full", "quick"),
+                   help="full: TSTR over the recipe's 3 seeds, logistic regression, ceiling, FID, ...; quick: one "
+                        "TSTR seed (default: full)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="say nothing while scoring")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return evaluate_run(a.run, a.mode, a.progress)
+
+
+def _check_study_data(a) -> None:
+    """The study's dataset loads and each --partitions spec partitions it for --clients."""
+    from fedjax_gen.data.partitions import partition
+    from fedjax_gen.data.sources import load_dataset
+
+    labels = load_dataset(a.dataset, a.data_dir).y_train
+    labels = labels[: a.max_train] if a.max_train else labels
+    for spec in (x.strip() for x in a.partitions.split(",")):
+        partition(labels, a.clients, spec, 0)
+
+
 def compare_main(argv=None):
     """experiments/compare.py: the trade-off study (fedjax_gen/compare/)."""
     import os
 
-    from fedjax_gen.compare import grid, study
+    from fedjax_gen.compare import collect, grid, study
 
     p = _Parser(description="Compare every registered method on accuracy, similarity, communication, "
                             "compression and privacy (attacks included).")
@@ -217,6 +243,9 @@ def compare_main(argv=None):
     p.add_argument("--out", default=None, help="study root (default: runs/compare-<dataset>)")
     p.add_argument("--attack-queries", type=int, default=200)
     p.add_argument("--no-attack", dest="attack", action="store_false")
+    p.add_argument("--eval", dest="eval_mode", default="full", choices=("full", "quick", "none"),
+                   help="scoring of each run: full, quick (one TSTR seed) or none (train and attack now; a later "
+                        "invocation without --eval none scores the unscored runs, reusing everything else)")
     p.add_argument("--collect", default=None, metavar="ROOT", help="only build the table/plots/report from ROOT")
     p.add_argument("--job-index", type=int, default=None, help="run only this cell (SLURM array task, local runner)")
     p.add_argument("--list-jobs", action="store_true", help="print the number of cells and their names")
@@ -225,6 +254,9 @@ def compare_main(argv=None):
     if a.collect:
         if not os.path.isdir(a.collect):
             raise UserError(f"--collect {a.collect}: no such directory")
+        if not collect.collect(a.collect, report=False):
+            raise UserError(f"{a.collect} holds no finished run: run the comparison first (or check --collect's path)")
+        collect.claim_outputs(a.collect)  # a file there that no study wrote is refused, before any write
         return study.write_outputs(a.collect, a.dataset, study.command_line())
     scale, seeds, budgets = a.scale, 3, "none,10,1,0.2"
     if a.quick or a.tiny:
@@ -256,18 +288,19 @@ def compare_main(argv=None):
             raise UserError(f"--augment: {e}") from None
     if seeds < 1 or a.clients < 1:
         raise UserError("--seeds and --clients must be >= 1")
+    _check_study_data(a)  # every cell would refuse them: refused before the study folder exists
     s = study.Study(root=a.out or os.path.join("runs", f"compare-{a.dataset}"), dataset=a.dataset, clients=a.clients,
                     partitions=tuple(x.strip() for x in a.partitions.split(",")), methods=names, budgets=budgets,
                     seeds=seeds, scale=scale, data_dir=a.data_dir, max_train=a.max_train,
                     uplinks=uplinks, validation=a.validation, augment=None if a.augment == "method" else a.augment,
-                    attack_queries=a.attack_queries, attack=a.attack)
+                    attack_queries=a.attack_queries, attack=a.attack, eval_mode=a.eval_mode)
     cells = s.cells()
     if a.list_jobs:
         print(len(cells))
         print("\n".join(c.name for c in cells))
         return None
     if a.slurm:
-        os.makedirs(s.root, exist_ok=True)
+        collect.claim_outputs(s.root, ("sweep.sbatch",))
         argv_clean = [x for x in (sys.argv[1:] if argv is None else argv) if x != "--slurm"]
         path = os.path.join(s.root, "sweep.sbatch")
         with open(path, "w") as f:
@@ -277,9 +310,12 @@ def compare_main(argv=None):
     if a.job_index is not None:
         if not 0 <= a.job_index < len(cells):
             raise UserError(f"--job-index {a.job_index} outside 0..{len(cells) - 1} (see --list-jobs)")
+        if os.path.exists(s.root) and not os.path.isdir(s.root):
+            raise UserError(f"--out {s.root} is a file: pick a directory for the study")
         os.makedirs(s.root, exist_ok=True)
         print(f"{cells[a.job_index].name}: {study.run_cell(s, cells[a.job_index])}")
         return None
+    collect.claim_outputs(s.root)  # before any cell runs: the report must be writable at the end
     out = study.run_study(s, study.command_line())
     print(f"wrote {s.root}/comparison.md, comparison.csv, report.html and plots/ ({len(out['rows'])} runs)")
     return out

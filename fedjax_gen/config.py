@@ -53,6 +53,8 @@ def validate_fields(obj) -> None:
         if isinstance(v, (int, float)):
             if isinstance(v, float) and math.isnan(v):
                 raise InvalidValue(f.name, f"{where} must be a number, got nan")
+            if isinstance(v, float) and math.isinf(v):  # e.g. --temperature inf: a silently all-zero set
+                raise InvalidValue(f.name, f"{where} must be a finite number, got {v}")
             if m.get("min") is not None and v < m["min"]:
                 raise InvalidValue(f.name, f"{where} must be >= {m['min']}, got {v}")
             if m.get("gt") is not None and not v > m["gt"]:
@@ -148,6 +150,11 @@ class RunConfig:
                                               resumable=True)
     fid_classifier_steps: int = option(1000, "training steps of the FID domain classifier (cached per dataset "
                                        "and steps)", min=1, resumable=True)
+    eval_mode: str = option("full", "scoring at the end of the run: full (TSTR over the recipe's 3 classifier "
+                            "seeds, logistic regression, real-data ceiling, FID, precision/recall, MMD/KID), quick "
+                            "(one TSTR seed; the cached ceiling) or none (export only; score later with "
+                            "experiments/evaluate.py RUN)", choices=("full", "quick", "none"), flag="--eval",
+                            resumable=True)
     eval_every: int = option(0, "rounds between evals (0: only at the end)", min=0, resumable=True)
     checkpoint_every: int = option(100, "rounds (or server steps) between checkpoints (0: only at the end)",
                                    min=0, resumable=True)

@@ -15,6 +15,10 @@ RUN_DIR/
                      of the stacked upload pytree, named tree/<path> (tree/params/Dense_0/kernel,
                      tree/feat_mean, ...; see methods/uploads.py)
   attack_results.json, attack_*.png   written by experiments/attack.py
+  audit.json         written by experiments/audit.py
+  .manifest.jsonl    what fedjax_gen wrote here, one JSON line per entry ({"run_id"} first, then
+                     {"file": top-level name}); --overwrite and a refused run remove only these
+  .lock              the writer's lock (its pid)
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from importlib import metadata
 
 import numpy as np
@@ -95,6 +100,8 @@ def dumps(obj) -> str:
 
 
 LOCK = ".lock"
+MANIFEST = ".manifest.jsonl"
+_TMP_SUFFIXES = (".tmp", ".tmp.npz")  # the atomic writers' temporaries (a kill can leave one)
 
 
 class RunDir:
@@ -134,8 +141,10 @@ class RunDir:
             if not rd.exists():  # not a fedjax_gen run (no config.json): never ours to delete
                 raise RunDirError(f"{rd.path} is not empty and is not a fedjax_gen run directory: "
                                   f"{{overwrite}} never deletes it; pick another {{out}}")
+            rd._check_only_recorded()  # names a file no run wrote, before anything (even a lock) is written
             with rd.locked():  # refuses while another process runs in it
-                shutil.rmtree(rd.path)
+                rd._check_only_recorded()  # again, now that no run can write meanwhile
+                rd.remove()
         try:
             os.makedirs(parent, exist_ok=True)
             tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(rd.path)}.", dir=parent)
@@ -147,6 +156,9 @@ class RunDir:
         staged = cls(tmp)
         staged._lock_fd = staged._acquire()
         try:
+            with open(staged.file(MANIFEST), "w") as f:
+                f.write(json.dumps({"run_id": uuid.uuid4().hex, "created": time.time()}) + "\n")
+            staged.output("checkpoints")  # the driver's orbax directory, made right after this
             staged.write_json("config.json", {**config, "versions": library_versions(),
                                               "host": platform.node(), "created": time.time()})
             if os.path.isdir(rd.path):
@@ -159,6 +171,97 @@ class RunDir:
                               f"pick another {{out}}") from None
         rd._lock_fd = staged._lock_fd
         return rd
+
+    # --- the manifest: what fedjax_gen wrote here ------------------------------------------
+    def _manifest(self) -> tuple[str | None, set] | None:
+        """(run id, recorded top-level names), or None when there is no manifest (a directory
+        this package did not create, or one from before manifests)."""
+        try:
+            with open(self.file(MANIFEST)) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RunDirError(f"cannot read {self.file(MANIFEST)} ({e.strerror}): fix its permissions") from None
+        run_id, files = None, set()
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn append (kill mid-write): that entry was never written either
+            if isinstance(rec, dict):
+                run_id = rec.get("run_id", run_id)
+                if isinstance(rec.get("file"), str):
+                    files.add(rec["file"])
+        return run_id, files
+
+    @property
+    def run_id(self) -> str | None:
+        """This run's id (made once, at creation; None before manifests): what a ledger charges."""
+        m = self._manifest()
+        return m[0] if m else None
+
+    def recorded(self, name: str) -> bool:
+        """Whether fedjax_gen recorded writing `name` (its top-level entry) here."""
+        m = self._manifest()
+        return m is not None and name.split("/", 1)[0] in m[1]
+
+    def output(self, name: str) -> str:
+        """Records `name` (its top-level entry) as written by fedjax_gen, then returns its path:
+        call it before writing anything into the run directory."""
+        top = name.split("/", 1)[0]
+        recorded = self.__dict__.get("_recorded")
+        if recorded is None:
+            m = self._manifest()
+            recorded = self._recorded = set(m[1]) if m else set()
+        if top not in recorded:
+            # one short O_APPEND write per line: concurrent writers (a run, an audit) never lose an entry
+            with open(self.file(MANIFEST), "a") as f:
+                f.write(json.dumps({"file": top}) + "\n")
+            recorded.add(top)
+        return self.file(name)
+
+    def _owned(self, entry: str, files: set) -> bool:
+        if entry in (LOCK, MANIFEST) or entry in files:
+            return True
+        return any(entry.endswith(sfx) and entry[:-len(sfx)] in files for sfx in _TMP_SUFFIXES)
+
+    def _check_only_recorded(self) -> None:
+        """RunDirError naming the first entry that no fedjax_gen run recorded writing."""
+        m = self._manifest()
+        if m is None:
+            raise RunDirError(f"{self.path} has no {MANIFEST} (a directory this fedjax_gen did not write, or an "
+                              f"older run): {{overwrite}} removes only what a run recorded; remove it yourself or "
+                              f"pick another {{out}}")
+        foreign = sorted(e for e in os.listdir(self.path) if not self._owned(e, m[1]))
+        if foreign:
+            raise RunDirError(f"{self.file(foreign[0])} was not written by fedjax_gen (not in {MANIFEST}): "
+                              f"{{overwrite}} never removes it; move it out or pick another {{out}}")
+
+    def remove(self) -> list[str]:
+        """Removes what the manifest records (and the directory when nothing else is left);
+        returns the entries it left because no run wrote them."""
+        m = self._manifest()
+        files = m[1] if m else set()
+        left = []
+        for entry in sorted(os.listdir(self.path)):
+            if entry == MANIFEST:
+                continue  # removed last: it says what the rest is
+            if not self._owned(entry, files):
+                left.append(entry)
+                continue
+            p = self.file(entry)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.remove(p)
+        if not left:
+            self.__dict__.pop("_recorded", None)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.file(MANIFEST))
+            with contextlib.suppress(OSError):  # something appeared meanwhile: never ours
+                os.rmdir(self.path)
+        return left
 
     # --- one writer at a time -------------------------------------------------------
     def _acquire(self):
@@ -206,13 +309,13 @@ class RunDir:
             raise UserError(f"cannot read {self.file(name)} ({e}): is this a fedjax_gen run directory?") from None
 
     def write_json(self, name: str, obj) -> None:
-        tmp = self.file(name + ".tmp")
+        tmp = self.output(name) + ".tmp"
         with open(tmp, "w") as f:
             f.write(json.dumps(json.loads(dumps(obj)), indent=2, sort_keys=True))
         os.replace(tmp, self.file(name))  # atomic: readers never see half a file
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.file("metrics.jsonl"), "a") as f:
+        with open(self.output("metrics.jsonl"), "a") as f:
             f.write(dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict]:
@@ -235,7 +338,7 @@ class RunDir:
         """Drop records after `last_round` (resuming from an earlier checkpoint) and any
         torn last line."""
         kept = [r for r in self.read_metrics() if r.get("round", -1) <= last_round]
-        tmp = self.file("metrics.jsonl.tmp")
+        tmp = self.output("metrics.jsonl") + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(dumps(r) + "\n" for r in kept)
         os.replace(tmp, self.file("metrics.jsonl"))
@@ -247,7 +350,7 @@ class RunDir:
         self.write_json("results.json", results)
 
     def write_arrays(self, name: str, **arrays) -> None:
-        tmp = self.file(name + ".tmp.npz")
+        tmp = self.output(name) + ".tmp.npz"
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, self.file(name))
 

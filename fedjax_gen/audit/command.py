@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 
 from fedjax_gen.audit.canaries import BROKEN, CanaryAudit, plan_for_audit, run_audit
 from fedjax_gen.errors import UserError
+from fedjax_gen.run_dir import RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,18 +46,40 @@ def _mechanism_from_run(run: str) -> dict:
     path = os.path.join(run, "results.json")
     if not os.path.exists(path):
         raise UserError(f"{path} does not exist: pass --run a finished run directory")
-    with open(path) as f:
-        results = json.load(f)
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e}): truncated or not a fedjax_gen results.json; rerun "
+                        "(or --resume) the run") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path} is not a fedjax_gen results.json: pass --run a finished run directory")
     privacy = results.get("privacy") or {}
     if privacy.get("privacy_unit") != "user":
         raise UserError(f"{run} is not a user-level DP run (privacy unit {privacy.get('privacy_unit')}): the canary "
                         "audit inserts canary clients; audit a --dp user run")
-    return dict(clients=int(results["clients"]), clients_per_round=int(results["clients_per_round"]),
-                rounds=int(results["rounds"]), noise_multiplier=float(privacy["noise_multiplier"]),
-                delta=float(privacy.get("target_delta", privacy["delta"])), accountant=privacy.get("accountant", "rdp"),
-                # Runs from before the plan named its sampling ran fixed-size cohorts.
-                client_sampling=privacy.get("sampling", "without_replacement"),
-                run_reported_epsilon=privacy.get("epsilon"))
+    try:
+        return dict(clients=int(results["clients"]), clients_per_round=int(results["clients_per_round"]),
+                    rounds=int(results["rounds"]), noise_multiplier=float(privacy["noise_multiplier"]),
+                    delta=float(privacy.get("target_delta", privacy["delta"])),
+                    accountant=privacy.get("accountant", "rdp"),
+                    # Runs from before the plan named its sampling ran fixed-size cohorts.
+                    client_sampling=privacy.get("sampling", "without_replacement"),
+                    run_reported_epsilon=privacy.get("epsilon"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} lacks the mechanism's {e} (not a finished fedjax_gen run): rerun the run") from None
+
+
+def _check_out(out_dir: str) -> RunDir:
+    """The directory audit.json goes to: refused, before the audit runs, when it is a file or holds
+    an audit.json that fedjax_gen did not write (only what it recorded is ever replaced)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} is a file: pass a directory for audit.json")
+    rd = RunDir(out_dir)
+    if os.path.exists(rd.file("audit.json")) and not rd.recorded("audit.json"):
+        raise UserError(f"{rd.file('audit.json')} was not written by fedjax_gen: audit never replaces it; move it "
+                        "or pick another --out")
+    return rd
 
 
 def main(argv=None) -> dict:
@@ -74,6 +96,7 @@ def main(argv=None) -> dict:
                     noise_multiplier=args.noise_multiplier, delta=args.delta, accountant=args.accountant,
                     client_sampling=args.client_sampling, run_reported_epsilon=None)
         out_dir = args.out
+    rd = _check_out(out_dir)
     if not 0 < args.confidence < 1:
         raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
     if mech["clients"] < 2 or not 0 < mech["clients_per_round"] <= mech["clients"] or mech["rounds"] < 1:
@@ -89,9 +112,11 @@ def main(argv=None) -> dict:
                           accountant=mech["accountant"])
     result = run_audit(cfg, plan, significance=1.0 - args.confidence)
     result["run_reported_epsilon"] = mech["run_reported_epsilon"]
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "audit.json"), "w") as f:
-        json.dump(result, f, indent=2, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out_dir} ({e.strerror}): pick a writable directory") from None
+    rd.write_json("audit.json", result)  # strict JSON (inf -> null), recorded in the manifest
     print(f"audit: epsilon >= {result['epsilon_lower_bound']:.3f} at {args.confidence:.0%} confidence "
           f"({result['correct']}/{result['guesses']} guesses on {canaries} canaries); accountant: "
           f"{result['reported_epsilon']}; wrote {os.path.join(out_dir, 'audit.json')}")

@@ -9,6 +9,31 @@ import os
 import numpy as np
 
 SKIP_SUFFIX = ".skipped.json"
+# What the study writes into its root besides the runs (study.write_outputs, cli's --slurm): only
+# these, and only when the root's manifest records them, are ever replaced.
+OUTPUTS = ("comparison.csv", "comparison.md", "report.html", "plots", "sweep.sbatch")
+
+
+def claim_outputs(root: str, names=OUTPUTS) -> None:
+    """Before the study writes `names` into root: refuses (naming it) one that exists but that no
+    study recorded writing, else records them all in root's manifest (run_dir.MANIFEST), so a
+    kill mid-write leaves only recorded files. Creates root when absent."""
+    from fedjax_gen.errors import UserError
+    from fedjax_gen.run_dir import RunDir
+
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UserError(f"{root} is a file: pick a directory for the study (--out / --collect)")
+    rd = RunDir(root)
+    for name in names:
+        if os.path.lexists(rd.file(name)) and not rd.recorded(name):
+            raise UserError(f"{rd.file(name)} was not written by a fedjax_gen study: the study never replaces it; "
+                            "move it or pick another study root")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for name in names:
+            rd.output(name)
+    except OSError as e:
+        raise UserError(f"cannot write to {root} ({e.strerror}): pick a writable study root") from None
 COLUMNS = ("method", "dataset", "eval_split", "partition", "epsilon", "seed", "uplink", "augment", "privacy_unit", "tstr_accuracy", "tstr_logreg", "real_ceiling",
            "fid", "precision", "recall", "mmd_rbf", "label_tv", "bytes_up_per_client", "bytes_down_per_client",
            "rounds", "compression_ratio", "wall_seconds", "attack", "attack_auc", "attack_tpr_at_1pct_fpr",
@@ -38,16 +63,23 @@ def _strongest_attack(attacks: dict):
     return best
 
 
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        d = json.load(f)
+    if not isinstance(d, dict):
+        raise ValueError(f"{os.path.basename(path)} is not a JSON object")
+    return d
+
+
 def row_of(run_dir: str) -> dict | None:
     path = os.path.join(run_dir, "results.json")
     if not os.path.exists(path):
         return None
-    res = json.load(open(path))
-    cfg = json.load(open(os.path.join(run_dir, "config.json")))
+    res, cfg = read_json(path), read_json(os.path.join(run_dir, "config.json"))
     priv = res.get("privacy") or {}
     attacks = {}
     if os.path.exists(os.path.join(run_dir, "attack_results.json")):
-        attacks = json.load(open(os.path.join(run_dir, "attack_results.json"))).get("attacks", {})
+        attacks = read_json(os.path.join(run_dir, "attack_results.json")).get("attacks", {})
     name, auc, tpr = _strongest_attack(attacks)
     target = (cfg.get("privacy") or {}).get("epsilon")
     return {
@@ -62,20 +94,30 @@ def row_of(run_dir: str) -> dict | None:
                                    "rounds", "wall_seconds")},
         "bytes_up_per_client": res.get("bytes_up_per_client", res["bytes_up"] / max(res["clients"], 1)),
         "compression_ratio": res.get("compression_ratio", 1.0),
-        "attack": name, "attack_auc": auc, "attack_tpr_at_1pct_fpr": tpr, "status": "ok", "run": run_dir,
+        "attack": name, "attack_auc": auc, "attack_tpr_at_1pct_fpr": tpr, "run": run_dir,
+        "status": "ok" if res.get("eval") != "none" else "unscored (trained with --eval none: score it with "
+                                                         "experiments/evaluate.py or compare.py without --eval none)",
     }
 
 
-def collect(root: str) -> list[dict]:
+def collect(root: str, *, report: bool = True) -> list[dict]:
+    """Rows of root's finished runs and recorded skips. A run that cannot be read (a truncated
+    results.json, no config.json) is left out of the table and named (report) with the reason."""
     rows = []
     for entry in sorted(os.listdir(root)):
         full = os.path.join(root, entry)
-        if entry.endswith(SKIP_SUFFIX):
-            rows.append(json.load(open(full)))
-        elif os.path.isdir(full) and not entry.startswith("."):
-            row = row_of(full)
-            if row is not None:
-                rows.append(row)
+        try:
+            if entry.endswith(SKIP_SUFFIX):
+                with open(full) as f:
+                    rows.append(json.load(f))
+            elif os.path.isdir(full) and not entry.startswith("."):
+                row = row_of(full)
+                if row is not None:
+                    rows.append(row)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            if report:
+                why = f"{type(e).__name__}: {e}".splitlines()[0][:160]
+                print(f"skipped {full}: not a readable finished run ({why})")
     return rows
 
 

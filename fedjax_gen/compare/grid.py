@@ -85,7 +85,7 @@ def cells(method_names, partitions, budgets, seeds: int, uplinks=("none",)) -> l
 
 
 def job_for(cell: Cell, root: str, dataset: str, clients: int, scale: str, data_dir=None, max_train=None,
-            delta: float = 1e-5, validation: int = 0, augment: str | None = None):
+            delta: float = 1e-5, validation: int = 0, augment: str | None = None, eval_mode: str = "full"):
     """The Job of a cell (its run directory root/<cell.name>); the method's preset options.
     augment: one --augment spec for every method (None: each method's own default)."""
     from fedjax_gen.runners.train import Job
@@ -101,7 +101,8 @@ def job_for(cell: Cell, root: str, dataset: str, clients: int, scale: str, data_
         privacy = PrivacyConfig(unit=unit, epsilon=cell.epsilon, delta=delta,
                                 clip=0.5 if unit == "user" and cell.method in UNIT else 1.0)
     run = RunConfig(**{**method.run_defaults_for(privacy.unit), **RUN[scale], "out": os.path.join(root, cell.name),
-                       "progress": False, "uplink": cell.uplink, **({"augment": augment} if augment else {})})
+                       "progress": False, "uplink": cell.uplink, "eval_mode": eval_mode,
+                       **({"augment": augment} if augment else {})})
     return Job(cell.method, data, run, PerformanceFlags(), privacy, options)
 
 

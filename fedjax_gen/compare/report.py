@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import math
 import os
 
 import numpy as np
@@ -153,8 +152,8 @@ def plots(agg, out_dir: str) -> dict:
 
 
 def sample_grid(run_dir: str, out_path: str, per_class: int = 8, min_pixels: int = 48) -> str | None:
-    """The run's synthetic samples, one row per class, upscaled so a digit is >= min_pixels."""
-    from fedjax_gen.viz import class_grid, save_grid
+    """The run's synthetic samples, one row per class (labelled), upscaled so a digit is >= min_pixels."""
+    from fedjax_gen.viz import readable_scale, save_class_grid
 
     path = os.path.join(run_dir, "synthetic.npz")
     if not os.path.exists(path):
@@ -162,8 +161,7 @@ def sample_grid(run_dir: str, out_path: str, per_class: int = 8, min_pixels: int
     with np.load(path) as f:
         x, y = f["x"], f["y"]
     k = int(max(y.max(initial=0) + 1, 1))
-    scale = max(1, math.ceil(min_pixels / x.shape[1]))
-    save_grid(out_path, class_grid(x, y, k, per_class), scale=scale)
+    save_class_grid(out_path, x, y, k, per_class, scale=readable_scale(x.shape[1], min_pixels))
     return out_path
 
 

@@ -37,19 +37,23 @@ class Study:
     augment: str | None = None  # one --augment spec for every method (None: each method's own default)
     attack_queries: int = 200
     attack: bool = True
+    eval_mode: str = "full"  # none: train (and attack) every cell now, score them in a later pass
+
 
     def cells(self):
         return grid.cells(self.methods or methods.names(), self.partitions, self.budgets, self.seeds, self.uplinks)
 
     def job(self, cell):
         return grid.job_for(cell, self.root, self.dataset, self.clients, self.scale, self.data_dir, self.max_train,
-                            validation=self.validation, augment=self.augment)
+                            validation=self.validation, augment=self.augment, eval_mode=self.eval_mode)
 
 
 def run_cell(study: Study, cell) -> str:
-    """Trains and attacks one cell unless it is finished; returns its status."""
+    """Trains, scores and attacks one cell, each unless already done; returns its status. A run
+    trained with --eval none is scored here once the study runs with --eval full or quick."""
     from fedjax_gen import cli
     from fedjax_gen.runners import attack
+    from fedjax_gen.runners.evaluation import evaluate_run
     from fedjax_gen.runners.train import train
 
     out = os.path.join(study.root, cell.name)
@@ -73,6 +77,8 @@ def run_cell(study: Study, cell) -> str:
                 raise
             _record_skip(skip, cell, out, str(cli.worded(e, methods.get(cell.method))))
             return "skipped"
+    if study.eval_mode != "none" and collect.read_json(os.path.join(out, "results.json")).get("eval") == "none":
+        evaluate_run(out, study.eval_mode, progress=False)
     if study.attack and not os.path.exists(os.path.join(out, "attack_results.json")):
         code = cli.run(attack.main, ["--run", out, "--num-queries", str(study.attack_queries)]
                        + grid.ATTACK_ARGS[study.scale])

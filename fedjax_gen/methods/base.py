@@ -99,6 +99,13 @@ class Built:
     secure: Any = None  # methods.secure_sum.SecureSum: the rounds' sums run through secure aggregation
     aggregate: tuple = ()  # with `secure`: the engine's host `aggregate` of round 1 (and of each later round)
     results: Callable | None = None  # (state, dataset) -> extra results.json entries
+    # A deployment's release (e.g. charged to a ledger): the mechanism's randomness (the driver's
+    # "train" and "release" keys: client sampling, noise) comes from the OS's CSPRNG, never from
+    # --seed, so two releases never share noise; --seed still fixes partition, init and sampling.
+    fresh_noise: bool = False
+    # (run_dir) -> None, run by the driver once the run directory exists and before round 1 (again
+    # on resume): a deployment's ledger transaction. A UserError refuses the run (its directory removed).
+    before_rounds: Callable | None = None
 
 
 class Method:

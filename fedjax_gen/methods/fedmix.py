@@ -23,6 +23,7 @@ from fedjax_gen.methods.base import Built, BuildContext, Method, register
 from fedjax_gen.methods.secure_sum import SecAggOptions
 from fedjax_gen.privacy import ledger as pledger
 from fedjax_gen.privacy.config import Mechanism, plan_for
+from fedjax_gen.run_dir import RunDir
 
 
 @validated
@@ -232,10 +233,17 @@ class Fedmix(Method):
         if o.ledger is not None and o.secagg:
             raise InvalidValue("ledger", "the ledger composes Gaussian releases; a secagg run's are Skellam: drop "
                                          "{ledger} (or {secure_aggregation})")
-        if o.ledger is not None:  # refuse before anything runs; saved once the releases happened
-            ledger = pledger.open_ledger(o.ledger, deployment=os.path.basename(o.ledger), unit=unit,
-                                         delta=p.delta, budget=o.budget)
-            ledger = pledger.charge(ledger, *fm.ledger_releases(cfg, multipliers), unit=unit)
+        request = charged = None
+        if o.ledger is not None:  # an unusable ledger or an over-budget request is refused before anything runs
+            request = pledger.Request(o.ledger, tuple(fm.ledger_releases(cfg, multipliers)), unit, p.delta, o.budget,
+                                      deployment=os.path.basename(o.ledger))
+            out = getattr(ctx.run, "out", None)
+            resumed = RunDir(out).run_id if out and getattr(ctx.run, "resume", False) else None
+            ledger = pledger.preflight(request, run=out, run_id=resumed)
+            charged = {}
+
+            def before_rounds(run_dir):  # the charge itself: locked, before round 1's release
+                charged["ledger"] = pledger.transact(request, run=run_dir.path, run_id=run_dir.run_id)
         secure = self._secure(o, ctx, cfg, plan, mechanism)
         if secure is not None:  # clients add the noise (Skellam shares): none from the server
             noise = secure.noise_std  # on the sum of uploads divided by their round's sensitivity
@@ -246,12 +254,11 @@ class Fedmix(Method):
         first, later = _algorithms(cfg, stds, basis, moment_std)
 
         def release(state, key):
-            if ledger is not None:
-                pledger.save(ledger, o.ledger)
+            led = charged.get("ledger", ledger) if charged is not None else None
             sees = ("masked uploads (secure aggregation, results.json secure_aggregation)" if secure else
                     "the sum of the uploads (secure aggregation assumed, not run: add --secure-aggregation secagg)")
             return state, {"noise_std_per_round": list(stds), "noise_multipliers": list(multipliers),
-                           "ledger": o.ledger, "ledger_epsilon": pledger.epsilon(ledger) if ledger else None,
+                           "ledger": o.ledger, "ledger_epsilon": pledger.epsilon(led) if led else None,
                            "server_sees": sees}
 
         def synthesize(state, n: int, key):
@@ -265,7 +272,8 @@ class Fedmix(Method):
 
         return Built(
             algorithm=first, later_rounds=later, rounds=cfg.rounds, config=cfg, mechanism=mechanism, plan=plan,
-            synthesize=synthesize, release=release, secure=secure,
+            synthesize=synthesize, release=release, secure=secure, fresh_noise=request is not None,
+            before_rounds=before_rounds if request is not None else None,
             aggregate=tuple(secure.aggregator(cfg.round_sensitivity(r)) for r in range(cfg.rounds)) if secure else (),
             results=lambda state, dataset: {"dim": cfg.dim, "components": cfg.components, "em_rounds": cfg.rounds,
                                             "components_used": None if state is None else [int(k) for k in np.sum(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import numpy as np
 
 from fedjax_gen.data.client_data import Dataset
-from fedjax_gen.metrics.fid import DOMAIN_CLASSIFIER_STEPS, embed, fid, get_domain_classifier
+from fedjax_gen.metrics import cache
+from fedjax_gen.metrics.fid import DOMAIN_CLASSIFIER_STEPS, cache_path, embed, fid, get_domain_classifier
 from fedjax_gen.metrics.label_coverage import label_coverage
 from fedjax_gen.metrics.mmd import kid, median_bandwidth, mmd2
 from fedjax_gen.metrics.precision_recall import precision_recall
-from fedjax_gen.metrics.recipe import DEFAULT_RECIPE, TSTRRecipe
+from fedjax_gen.metrics.progress import SILENT, Progress
+from fedjax_gen.metrics.recipe import DEFAULT_EXECUTION, DEFAULT_RECIPE, RecipeExecution, TSTRRecipe
 from fedjax_gen.metrics.train_classifier import evaluate_accuracy
 from fedjax_gen.metrics.tstr import real_data_ceiling, tstr_scores
 
@@ -21,6 +26,38 @@ def _subsample(n: int, max_n: int, key) -> np.ndarray:
     if n <= max_n:
         return np.arange(n)
     return np.sort(np.asarray(jax.random.choice(key, n, (max_n,), replace=False)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _RealSide:
+    """What scoring needs of the real test split, the same for every synthetic set: computed
+    once per process and dataset content (a run's periodic and final evals, a study's runs)."""
+
+    features: np.ndarray
+    bandwidth: float
+    accuracy: float
+
+
+@functools.lru_cache(maxsize=4)
+def _real_side(network_entry: str, test_key: str, max_eval: int, dataset_ref) -> _RealSide:
+    del network_entry, test_key  # the cache key: the network and the test split's content
+    dataset, model, params = dataset_ref.value
+    real_idx = _subsample(len(dataset.x_test), max_eval, jax.random.key(_REAL_SUBSAMPLE_SEED))
+    feats = embed(model, params, dataset.x_test[real_idx])
+    return _RealSide(feats, median_bandwidth(feats), evaluate_accuracy(model, params, dataset.x_test, dataset.y_test))
+
+
+class _Unhashed:
+    """Carries arrays through lru_cache without taking part in its key."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return 0
+
+    def __eq__(self, other):
+        return isinstance(other, _Unhashed)
 
 
 def evaluate_synthetic(
@@ -36,7 +73,10 @@ def evaluate_synthetic(
     pr_k: int = 3,
     recipe: TSTRRecipe = DEFAULT_RECIPE,
     ceiling: bool = True,
+    ceiling_recipe: TSTRRecipe | None = None,
     logreg: bool = True,
+    execution: RecipeExecution = DEFAULT_EXECUTION,
+    progress: Progress = SILENT,
 ) -> dict:
     """Scores (synthetic_x uint8 [M, H, W, C], synthetic_y int [M]) against `dataset`.
 
@@ -45,10 +85,10 @@ def evaluate_synthetic(
         tstr_synthetic_val_accuracy: `tstr_scores` with `recipe` (tstr_steps overrides
         recipe.steps), trained on ALL M synthetic examples (early stopping on a held-out part
         of them), scored on the whole real test split; mean / std over recipe.seeds seeds.
-      tstr_logreg (if `logreg`): logistic-regression TSTR (classifier-independent view; on
-        60,000 MNIST-sized examples it costs more than a CNN seed, docs/metrics.md).
+      tstr_logreg (if `logreg`): logistic-regression TSTR (classifier-independent view).
       real_ceiling, real_ceiling_std, real_ceiling_seeds, real_ceiling_logreg (if `ceiling`):
-        the same recipe trained on the real train split (`real_data_ceiling`, cached).
+        `ceiling_recipe` (default: `recipe`) trained on the real train split
+        (`real_data_ceiling`, cached per data content).
       fid: FID between the domain classifier's features of <= max_eval real *test* examples
         (a fixed subset) and <= max_eval synthetic examples (a subset drawn with `key`).
       precision, recall, density, coverage: k-NN (k=pr_k) manifold metrics on those features.
@@ -59,28 +99,33 @@ def evaluate_synthetic(
         of synthetic_y against the real *train* labels.
       real_data_accuracy: the domain classifier's accuracy on the real test split.
     Needs M >= max(2, pr_k + 1). Domain classifier: see `get_domain_classifier` (cached).
+    `execution` and `progress` change how it runs and what it prints, never the values.
     """
     synthetic_x, synthetic_y = np.asarray(synthetic_x), np.asarray(synthetic_y)
     if synthetic_x.shape[1:] != dataset.image_shape:
         raise ValueError(f"synthetic images {synthetic_x.shape[1:]} != dataset images {dataset.image_shape}")
     tstr_key, sub_key = jax.random.split(key)
-    model, params = get_domain_classifier(dataset, cache_dir=cache_dir, steps=domain_classifier_steps)
-    real_idx = _subsample(len(dataset.x_test), max_eval, jax.random.key(_REAL_SUBSAMPLE_SEED))
-    fake_idx = _subsample(len(synthetic_x), max_eval, sub_key)
-    real_feats = embed(model, params, dataset.x_test[real_idx])
-    fake_feats = embed(model, params, synthetic_x[fake_idx])
-    bandwidth = median_bandwidth(real_feats)
-    out = tstr_scores(synthetic_x, synthetic_y, dataset.x_test, dataset.y_test, dataset.num_classes,
-                      key=tstr_key, steps=tstr_steps, recipe=recipe, logreg=logreg)
+    out = {}
     if ceiling:
-        out.update(real_data_ceiling(dataset, recipe=recipe, steps=tstr_steps, cache_dir=cache_dir))
+        out.update(real_data_ceiling(dataset, recipe=ceiling_recipe or recipe, steps=tstr_steps, cache_dir=cache_dir,
+                                     execution=execution, progress=progress))
+    out.update(tstr_scores(synthetic_x, synthetic_y, dataset.x_test, dataset.y_test, dataset.num_classes,
+                           key=tstr_key, steps=tstr_steps, recipe=recipe, logreg=logreg, execution=execution,
+                           progress=progress))
+    model, params = get_domain_classifier(dataset, cache_dir=cache_dir, steps=domain_classifier_steps,
+                                          progress=progress)
+    progress.say(f"FID, precision/recall, MMD/KID on {min(len(synthetic_x), max_eval)} synthetic images")
+    network = str(cache_path(dataset, cache_dir=cache_dir, steps=domain_classifier_steps))
+    test_key = cache.fingerprint(dataset.x_test, dataset.y_test.astype(np.int64))
+    real = _real_side(network, test_key, max_eval, _Unhashed((dataset, model, params)))
+    fake_feats = embed(model, params, synthetic_x[_subsample(len(synthetic_x), max_eval, sub_key)])
     out.update({
-        "fid": fid(real_feats, fake_feats),
-        **precision_recall(real_feats, fake_feats, k=pr_k),
-        "mmd_rbf": mmd2(real_feats, fake_feats, kernel="rbf", bandwidth=bandwidth),
-        "mmd_rbf_bandwidth": bandwidth,
-        "kid": kid(real_feats, fake_feats),
+        "fid": fid(real.features, fake_feats),
+        **precision_recall(real.features, fake_feats, k=pr_k),
+        "mmd_rbf": mmd2(real.features, fake_feats, kernel="rbf", bandwidth=real.bandwidth),
+        "mmd_rbf_bandwidth": real.bandwidth,
+        "kid": kid(real.features, fake_feats),
         **label_coverage(synthetic_y, dataset.y_train, dataset.num_classes),
-        "real_data_accuracy": evaluate_accuracy(model, params, dataset.x_test, dataset.y_test),
+        "real_data_accuracy": real.accuracy,
     })
     return out

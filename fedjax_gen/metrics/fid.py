@@ -17,8 +17,6 @@ Inception-FID numbers in papers: different network, feature width and data.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import pathlib
 import warnings
 
@@ -28,6 +26,8 @@ import numpy as np
 import scipy.linalg
 
 from fedjax_gen.data.client_data import Dataset, to_float
+from fedjax_gen.metrics import cache
+from fedjax_gen.metrics.progress import SILENT, Progress
 from fedjax_gen.metrics.train_classifier import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEARNING_RATE,
@@ -42,26 +42,16 @@ _FORMAT_VERSION = 1  # bump to invalidate old cache files when the recipe change
 
 
 def default_cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("FEDJAX_GEN_CACHE", "~/.cache/fedjax_gen")).expanduser()
-
-
-def _fingerprint(dataset: Dataset, key_data: np.ndarray, steps: int) -> str:
-    """Hash of everything the trained classifier depends on: data, labels, recipe, seed."""
-    h = hashlib.sha256()
-    for arr in (dataset.x_train, dataset.y_train.astype(np.int64), key_data):
-        arr = np.ascontiguousarray(arr)
-        h.update(str((arr.shape, arr.dtype.str)).encode())
-        h.update(arr.tobytes())
-    recipe = (_FORMAT_VERSION, "cnn", dataset.num_classes, steps, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE)
-    h.update(repr(recipe).encode())
-    return h.hexdigest()[:16]
+    return cache.cache_dir()
 
 
 def cache_path(dataset: Dataset, *, key=None, cache_dir=None, steps=DOMAIN_CLASSIFIER_STEPS) -> pathlib.Path:
+    """cache_dir/fid_classifier-<hash>.msgpack; the hash covers the train images and labels,
+    the seed and the network's recipe."""
     key = jax.random.key(0) if key is None else key
-    shape = "x".join(str(s) for s in dataset.image_shape)
-    name = f"{dataset.name}_{shape}_{_fingerprint(dataset, _key_bytes(key), steps)}.msgpack"
-    return pathlib.Path(cache_dir or default_cache_dir()) / "fid_classifier" / name
+    recipe = (_FORMAT_VERSION, "cnn", dataset.num_classes, steps, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE)
+    digest = cache.fingerprint(dataset.x_train, dataset.y_train.astype(np.int64), _key_bytes(key), extra=recipe)
+    return cache.entry("fid_classifier", digest, ".msgpack", cache_dir)
 
 
 def _key_bytes(key) -> np.ndarray:
@@ -71,31 +61,31 @@ def _key_bytes(key) -> np.ndarray:
 
 
 def get_domain_classifier(
-    dataset: Dataset, *, key=None, cache_dir=None, steps: int = DOMAIN_CLASSIFIER_STEPS
+    dataset: Dataset, *, key=None, cache_dir=None, steps: int = DOMAIN_CLASSIFIER_STEPS, progress: Progress = SILENT,
 ) -> tuple[Model, Params]:
     """The FID feature network for `dataset`: trained once on x_train/y_train, then loaded
-    from `cache_dir/fid_classifier/` (default $FEDJAX_GEN_CACHE or ~/.cache/fedjax_gen).
+    from the scoring cache (metrics/cache.py: $FEDJAX_GEN_CACHE or ~/.cache/fedjax_gen).
 
     key defaults to a fixed seed (0) so every experiment embeds with the same network and
-    FIDs stay comparable. An unreadable or mismatched cache file is retrained and replaced.
+    FIDs stay comparable. An unreadable or mismatched cache entry is retrained and replaced.
     """
     key = jax.random.key(0) if key is None else key
     model = cached_classifier("cnn", dataset.image_shape, dataset.num_classes)
     path = cache_path(dataset, key=key, cache_dir=cache_dir, steps=steps)
     template = jax.eval_shape(model.init, key)
-    if path.exists():
-        try:
-            params = flax.serialization.from_bytes(template, path.read_bytes())
-            _check_like(params, template)
-            return model, jax.tree.map(np.asarray, params)
-        except Exception as e:  # corrupt / truncated / stale file: fall through and retrain
-            warnings.warn(f"ignoring unreadable FID classifier cache {path}: {e!r}; retraining")
-    params = train_classifier(model, dataset.x_train, dataset.y_train, key=key, steps=steps)
-    params = jax.tree.map(np.asarray, params)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(flax.serialization.to_bytes(params))
-    os.replace(tmp, path)  # atomic: concurrent readers never see a half-written file
+
+    def decode(data):
+        params = flax.serialization.from_bytes(template, data)
+        _check_like(params, template)
+        return jax.tree.map(np.asarray, params)
+
+    params = cache.read(path, decode)
+    if params is not None:
+        progress.say("FID network (cached)")
+        return model, params
+    progress.say(f"FID network: training on the real train split, {steps} steps (once per dataset)")
+    params = jax.tree.map(np.asarray, train_classifier(model, dataset.x_train, dataset.y_train, key=key, steps=steps))
+    cache.write(path, flax.serialization.to_bytes(params))
     return model, params
 
 

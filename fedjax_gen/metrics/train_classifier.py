@@ -109,6 +109,12 @@ def evaluate_accuracy(
     return correct / n
 
 
+def bucket_size(n: int) -> int:
+    """Rows a variable-size training set is padded to: the next power of two (>= 64), so
+    synthetic sets of many sizes share a handful of compiled programs."""
+    return max(64, 1 << (int(n) - 1).bit_length())
+
+
 def padded_batches(x, y, batch_size):
     """Yields (x, y, valid) batches, the last one padded so every batch has one shape."""
     batch_size = min(batch_size, len(x))

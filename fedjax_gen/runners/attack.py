@@ -130,11 +130,20 @@ def _main(argv):
     for name, lacking in skipped:
         print(f"skipping {name}: the run has no {', '.join(lacking)}")
     ctx = AttackContext(t, ref, draw_queries(t, cfg.num_queries, cfg.seed), cfg.num_queries, cfg.seed)
+    _check_replaceable(t.run_dir, ["attack_results.json"])
     t.run_dir.lock()  # one writer of attack_results.json at a time
     try:
         return _run(cfg, ctx, chosen, settings_of)
     finally:
         t.run_dir.unlock()
+
+
+def _check_replaceable(run_dir, names) -> None:
+    """Only what fedjax_gen recorded writing is replaced: a user's file of the same name is refused."""
+    for name in names:
+        if os.path.lexists(run_dir.file(name)) and not run_dir.recorded(name):
+            raise UserError(f"{run_dir.file(name)} was not written by fedjax_gen: the attack never replaces it; "
+                            "move it out of the run directory")
 
 
 def _run(cfg: AttackConfig, ctx: AttackContext, chosen, settings_of) -> dict:
@@ -162,8 +171,19 @@ def _run(cfg: AttackConfig, ctx: AttackContext, chosen, settings_of) -> dict:
         "attacks": {**prev.get("attacks", {}), **out},
         "seconds": {**prev.get("seconds", {}), **timings},
     }
+    _check_replaceable(t.run_dir, list(ctx.grids))  # before anything is written
     for name, rows in ctx.grids.items():
-        save_grid(t.run_dir.file(name), rows)
+        save_grid(t.run_dir.output(name), rows)
     t.run_dir.write_json("attack_results.json", results)
+    _record_attack_time(t.run_dir, sum(results["seconds"].values()))
     print(f"wrote {path}")
     return results
+
+
+def _record_attack_time(run_dir, seconds: float) -> None:
+    """results.json's phase_seconds gains the attacks' wall time (every attack on record)."""
+    if not os.path.exists(run_dir.file("results.json")):
+        return
+    res = run_dir.read_json("results.json")
+    phases = {**(res.get("phase_seconds") or {"training": res.get("wall_seconds", 0.0)}), "attacks": seconds}
+    run_dir.write_results({**res, "phase_seconds": phases, "wall_seconds": sum(phases.values())})

@@ -27,7 +27,7 @@ class TensorBoardWriter:
         check_available(True)
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(run_dir.file("tensorboard"))
+        self._writer = SummaryWriter(run_dir.output("tensorboard"))
         self._step = 0
 
     def write(self, record: dict) -> None:

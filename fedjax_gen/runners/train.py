@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 
 import jax
@@ -37,10 +36,32 @@ from fedjax_gen.methods.secure_sum import SECAGG_BYTES_UP
 from fedjax_gen.privacy import config as pconfig
 from fedjax_gen.run_dir import RunDir, config_record
 from fedjax_gen.runners.data import FederatedData, data_layout, prepare_federated_data
-from fedjax_gen.runners.evaluation import evaluate, export_and_evaluate, write_membership
+from fedjax_gen.runners.evaluation import evaluate, export, scored, write_membership
 from fedjax_gen.runners.metric_writers import check_available, writers_for
 
 _KEYS = ("init", "train", "eval", "server", "release")  # one key per purpose, fold_in(root, i)
+
+
+def run_key(seed: int, purpose: str) -> jax.Array:
+    """The key a run derives from --seed for `purpose` (one of _KEYS)."""
+    return jax.random.fold_in(jax.random.key(seed), _KEYS.index(purpose))
+
+
+_MECHANISM_KEYS = ("train", "release")  # client sampling and every noise draw of the releases
+
+
+def _keys(seed: int, fresh_noise: bool) -> dict:
+    """One key per purpose from --seed. A deployment's (fresh_noise) mechanism keys come instead
+    from os.urandom, held in memory only: two releases never share noise, so subtracting them
+    cannot cancel it. As Opacus's secure_mode, that seeds jax's threefry PRNG from the OS CSPRNG
+    (it is not a CSPRNG per sample); init, evaluation and the synthetic set stay seeded."""
+    keys = {k: run_key(seed, k) for k in _KEYS}
+    if fresh_noise:
+        like = jax.random.key_data(jax.random.key(seed))
+        words = np.frombuffer(os.urandom(like.size * like.dtype.itemsize), like.dtype).reshape(like.shape)
+        fresh = jax.random.wrap_key_data(words, impl=jax.random.key_impl(jax.random.key(seed)))
+        keys.update({k: jax.random.fold_in(fresh, _KEYS.index(k)) for k in _MECHANISM_KEYS})
+    return keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +165,7 @@ class _Session:
         if resumed_from is not None:
             self._check_budget(resumed_from)
         _check_run(job, self.built)
-        self.keys = {k: jax.random.fold_in(jax.random.key(job.data.seed), i) for i, k in enumerate(_KEYS)}
+        self.keys = _keys(job.data.seed, self.built.fresh_noise)
         self.compression = _compression(job, self.built)
         # Error feedback's residuals are rows indexed by client id: one padded array, unbucketed.
         bucket = "off" if self.compression.error_feedback else perf.bucket
@@ -240,7 +261,7 @@ def train(job: Job, *, resumed_from: dict | None = None) -> dict | None:
 def _open_and_run(s: "_Session", run: RunConfig, out: str, run_dir: RunDir | None):
     start = 0
     if run.resume:
-        start = s.restore(out, None)
+        start = s.restore(out, _resume_step(run_dir, s.built.rounds))
         if start >= s.total and os.path.exists(run_dir.file("results.json")):
             raise InvalidValue("rounds", f"the run is finished (step {start} of {s.total}): raise {{rounds}} "
                                          "(or the server steps) to continue it")
@@ -265,16 +286,36 @@ def _open_and_run(s: "_Session", run: RunConfig, out: str, run_dir: RunDir | Non
     try:
         if created:
             write_membership(run_dir, s.fed)
+        if s.built.before_rounds is not None and s.main:  # e.g. the ledger's charge, before any release
+            s.built.before_rounds(run_dir)
         if run.resume and s.main:
             run_dir.truncate_metrics(min(start, s.built.rounds))
         return _run(s, run_dir, start)
     except UserError as e:
-        if created and not isinstance(e, NonFiniteState):
-            shutil.rmtree(run_dir.path, ignore_errors=True)  # this process made all of it
+        if created and getattr(e, "kept_step", None) is None:  # a diverged run keeps its last good checkpoint
+            run_dir.remove()  # what this run recorded writing; a file a user put there meanwhile stays
         raise
     finally:
         if created:
             run_dir.unlock()
+
+
+def _resume_step(run_dir: RunDir, rounds: int) -> int | None:
+    """The checkpoint a resume starts from: the latest (None), unless the metrics record of its
+    round is torn (a kill, or a crash before the file reached the disk): then the latest round
+    whose record is whole, so the rounds after it run, and are recorded, again."""
+    try:
+        ckpt = Checkpointer(run_dir.checkpoint_dir, create=False)
+    except UserError:
+        return None  # restore names the problem
+    try:
+        steps = sorted(ckpt.steps())
+    finally:
+        ckpt.close()
+    if not steps or steps[-1] > rounds:  # server-phase steps are logged every --log-every only
+        return None
+    recorded = {r.get("round") for r in run_dir.read_metrics() if r.get("phase") is None}
+    return next((step for step in reversed(steps) if step in recorded), None)
 
 
 def _elapsed_before(run_dir: RunDir) -> float:
@@ -359,8 +400,13 @@ def _stop_if_not_finite(step: int, state, ckpt: Checkpointer) -> None:
     """A NaN/inf server state stops the run; the checkpoints already saved stay."""
     if not bool(all_finite(state)):
         ckpt.wait()
-        raise NonFiniteState(f"step {step}: the server state is not finite; the last good checkpoint "
-                             f"(step {ckpt.latest_step()}) is kept: lower the learning rates or check the data")
+        kept = ckpt.latest_step()
+        where = (f"the last good checkpoint (step {kept}) is kept" if kept is not None else
+                 "no checkpoint was saved before it, so nothing of the run is kept")
+        err = NonFiniteState(f"step {step}: the server state is not finite; {where}: lower the learning rates or "
+                             "check the data")
+        err.kept_step = kept  # None: the driver removes the run directory (nothing to resume from)
+        raise err
 
 
 def _write_uploads(s: _Session, run_dir: RunDir, state, message) -> None:
@@ -381,11 +427,19 @@ def _write_uploads(s: _Session, run_dir: RunDir, state, message) -> None:
     run_dir.write_arrays("uploads.npz", client_ids=ids, **arrays)
 
 
+NOISE_SOURCES = {
+    True: "fresh: the mechanism's keys drawn from os.urandom for this release, never stored (a deployment)",
+    False: "seeded: the mechanism's keys derive from --seed (config.json), reproducible; a study, not a deployment",
+}
+
+
 def _privacy_block(built, privacy) -> dict:
     if built.mechanism is None:
         return {"privacy_unit": None, "epsilon": None}
     block = pconfig.report(built.plan, built.mechanism, privacy, built.mechanism.rounds)
-    return built.secure.privacy_report(block, built.rounds) if built.secure is not None else block
+    block = built.secure.privacy_report(block, built.rounds) if built.secure is not None else block
+    noisy = built.plan is not None or (built.secure is not None and built.secure.skellam is not None)
+    return {**block, "noise_source": NOISE_SOURCES[bool(built.fresh_noise)] if noisy else None}
 
 
 AUGMENT_STREAM = 0x417567  # fold_in tag: the transforms' keys never reuse the sampler's
@@ -406,8 +460,11 @@ def _augment_applied(s: "_Session") -> str:
 def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bool) -> dict:
     job, built, run = s.job, s.built, s.job.run
     ds = s.fed.dataset
+    t_export = time.time()
     x, y = _synthesize(s, state, run.num_synthetic, s.keys["eval"])
-    evaluation = export_and_evaluate(run_dir, ds, x, y, s.keys["eval"], run)
+    export(run_dir, ds, x, y)
+    export_seconds = time.time() - t_export
+    evaluation, scoring_seconds = scored(ds, x, y, s.keys["eval"], run)
     R, N = built.rounds, s.num_clients
     per_round = s.rounds if len(s.rounds) > 1 else s.rounds * R
     raw_up = built.bytes_up(state) if built.bytes_up is not None else sum(r.bytes_up for r in per_round)
@@ -426,7 +483,9 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
         "bytes_up": int(bytes_up), "bytes_down": int(bytes_down),
         "bytes_up_per_round": int(bytes_up) // R, "bytes_down_per_round": int(bytes_down) // R,
         "bytes_up_per_client": bytes_up / N, "bytes_down_per_client": bytes_down / N,
-        "wall_seconds": wall, "rounds_per_second": R / max(wall, 1e-9), "execution": str(s.execution),
+        "wall_seconds": wall + export_seconds + scoring_seconds, "training_seconds": wall,
+        "phase_seconds": {"training": wall, "export": export_seconds, "scoring": scoring_seconds},
+        "rounds_per_second": R / max(wall, 1e-9), "execution": str(s.execution),
         "num_synthetic": int(len(y)), "resumed_export": resumed_export, "uplink": job.run.uplink,
         "augment": _augment_applied(s),
         "bytes_up_uncompressed": int(raw_up), "compression_ratio": raw_up / max(bytes_up, 1),
@@ -439,6 +498,15 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
     if releases:
         results["release"] = releases[-1]
     run_dir.write_results(results)
-    print(f"done: {run_dir.path}  tstr_accuracy={results['tstr_accuracy']:.4f} fid={results['fid']:.3f} "
-          f"bytes_up={results['bytes_up']:.3g} ({wall:.1f} s)")
+    print(done_line(run_dir.path, results))
     return results
+
+
+def done_line(path: str, results: dict) -> str:
+    """The closing line of a run (or of its later scoring): the scores and where the time went."""
+    phases = results.get("phase_seconds") or {}
+    split = ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+    score = ("not scored (--eval none): python experiments/evaluate.py " + path if results.get("tstr_accuracy") is None
+             else f"tstr_accuracy={results['tstr_accuracy']:.4f} fid={results['fid']:.3f}")
+    return (f"done: {path}  {score} bytes_up={results['bytes_up']:.3g} "
+            f"({results['wall_seconds']:.1f} s: {split})")

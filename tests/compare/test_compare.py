@@ -20,6 +20,12 @@ def _study(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("compare") / "study")
     argv = ["--scale", "tiny", "--seeds", "1", "--budgets", "none,0.001", "--clients", "6", "--max-train", "120",
             "--attack-queries", "10", "--methods", ",".join(BUILTIN), "--out", root]
+    # Two passes, as a sweep on a shared machine runs: train and attack every cell unscored,
+    # then score them (the second pass reuses the runs and their attacks).
+    assert cli.run(cli.compare_main, argv + ["--eval", "none"]) == 0
+    rows = list(csv.DictReader(open(os.path.join(root, "comparison.csv"))))
+    trained = [r for r in rows if not r["status"].startswith("skipped")]
+    assert trained and all(r["status"].startswith("unscored") and r["attack"] for r in trained)
     assert cli.run(cli.compare_main, argv) == 0
     return root, argv
 

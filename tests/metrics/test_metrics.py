@@ -170,9 +170,8 @@ def test_cache_is_used_second_time(digits, cache_dir, domain, monkeypatch):
 
 def test_corrupt_cache_is_recovered(digits, tmp_path):
     path = cache_path(digits, cache_dir=tmp_path, steps=5)
-    path.parent.mkdir(parents=True)
     path.write_bytes(b"not a msgpack file")
-    with pytest.warns(UserWarning, match="unreadable FID classifier cache"):
+    with pytest.warns(UserWarning, match="unreadable cache entry"):
         model, params = get_domain_classifier(digits, cache_dir=tmp_path, steps=5)
     assert embed(model, params, digits.x_test[:3]).shape == (3, 128)
     # The file was overwritten with a valid one: loading it again warns no more.

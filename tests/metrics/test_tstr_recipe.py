@@ -77,6 +77,6 @@ def test_ceiling_is_cached_and_recomputed_when_corrupt(digits, tmp_path, monkeyp
         m.setattr(tstr_module, "tstr_scores", no_training)
         assert real_data_ceiling(digits, recipe=SHORT, cache_dir=tmp_path) == first
     path.write_text("{not json")
-    with pytest.warns(UserWarning, match="unreadable TSTR ceiling cache"):
+    with pytest.warns(UserWarning, match="unreadable cache entry"):
         again = real_data_ceiling(digits, recipe=SHORT, cache_dir=tmp_path)
     assert again["real_ceiling"] == pytest.approx(first["real_ceiling"])  # deterministic on CPU

@@ -1,12 +1,16 @@
 """Issue 14, sections 1-4: a refused run touches nothing, one writer per run directory,
 non-finite clients are dropped and counted, every bad flag is one line and exit 2 with
 nothing written, metrics are strict JSON, interrupted runs finish with --resume, and the saved
-uploads are the ones the server received."""
+uploads are the ones the server received. Issue 29: only what a run recorded writing
+(.manifest.jsonl) is removed or replaced, by every entry point, and the faults that gave
+tracebacks or silently wrong results are one line too."""
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +18,14 @@ import numpy as np
 import pytest
 
 from fedjax_gen import cli
+from fedjax_gen.audit.canaries import CanaryAudit, plan_for_audit
+from fedjax_gen.audit.command import main as audit_main
 from fedjax_gen.data.client_data import ClientData
 from fedjax_gen.errors import RunDirError
 from fedjax_gen.federated import ClientOutput, Execution, FederatedAlgorithm, make_round
 from fedjax_gen.privacy.clipping import clip_by_global_norm
-from fedjax_gen.run_dir import RunDir, dumps
+from fedjax_gen.run_dir import MANIFEST, RunDir, dumps
+from fedjax_gen.runners import attack as attack_runner
 
 main = cli.main_for("dp_fedavg_gan", algorithms=("dp_fedavg_gan", "fedgan"))
 TINY = ["--clients", "10", "--clients-per-round", "4", "--max-train", "200", "--width", "8", "--latent-dim", "8",
@@ -188,3 +195,177 @@ def test_saved_uploads_are_compressed_as_sent(tmp_path):
     emb = saved["embedding"].reshape(6, -1)
     k = int(np.ceil(0.25 * emb.shape[1]))
     assert np.all((emb != 0).sum(1) <= k) and np.any((emb != 0).sum(1) == k)
+
+
+# --- issue 29: only what a run wrote is ever removed or replaced ----------------------------------
+# experiments/{fedgan,fedmix,dp_merf,dosfl,dense}.py: each refuses at its run directory, before training
+TRAINING_ENTRY_POINTS = {"dp_fedavg_gan": ["--clients-per-round", "3"], "fedmix": [], "dp_merf": [], "dosfl": [],
+                         "dense": []}
+SMALL = ["--dataset", "digits", "--clients", "6", "--max-train", "120", "--no-progress"]
+
+
+def _run_main(main_, argv, capsys):
+    code = cli.run(main_, argv)
+    return code, capsys.readouterr().err.strip()
+
+
+def _err(code_and_err):
+    code, err = code_and_err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("method", TRAINING_ENTRY_POINTS)
+def test_overwrite_never_removes_a_file_no_run_wrote(method, finished, tmp_path, capsys):
+    main_, small = cli.main_for(method), SMALL + TRAINING_ENTRY_POINTS[method]
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)  # a real run directory, with its manifest
+    (run / "my_analysis.txt").write_text("mine")  # the user's, saved inside it
+    (tmp_path / "notes.txt").write_text("beside")
+    before = _digest(tmp_path)
+    err = _err(_run_main(main_, small + ["--out", str(run), "--overwrite"], capsys))
+    assert "my_analysis.txt" in err and "--overwrite" in err
+    # a user's folder that merely holds a config.json (no manifest: no run wrote it)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text("{}")
+    (user / "results_final.csv").write_text("a,b\n")
+    before = _digest(tmp_path)
+    err = _err(_run_main(main_, small + ["--out", str(user), "--overwrite"], capsys))
+    assert MANIFEST in err and str(user) in err
+    assert _digest(tmp_path) == before
+
+
+def test_overwrite_replaces_exactly_what_the_run_recorded(finished, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (tmp_path / "notes.txt").write_text("beside")
+    stale = run / "results.json.tmp"  # a kill mid-write leaves the atomic writer's temporary: ours
+    stale.write_text("{")
+    code, err = _run(TINY + ["--rounds", "1", "--out", str(run), "--overwrite"], capsys)
+    assert code == 0, err
+    assert not stale.exists() and (tmp_path / "notes.txt").read_text() == "beside"
+    assert json.load(open(run / "results.json"))["rounds"] == 1
+    assert RunDir(str(run)).recorded("results.json") and RunDir(str(run)).run_id != RunDir(finished).run_id
+
+
+def test_remove_keeps_what_no_run_wrote(tmp_path):
+    rd = RunDir.create(str(tmp_path / "r"), {"method": "x"})
+    rd.write_json("results.json", {"a": 1})
+    rd.append_metrics({"round": 1})
+    rd.unlock()
+    (tmp_path / "r" / "mine.txt").write_text("keep")
+    assert rd.remove() == ["mine.txt"]
+    assert sorted(os.listdir(tmp_path / "r")) == [MANIFEST, "mine.txt"]
+    os.remove(tmp_path / "r" / "mine.txt")
+    assert rd.remove() == [] and not (tmp_path / "r").exists()
+
+
+def test_attack_never_replaces_a_users_file(finished, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "attack_results.json").write_text('{"mine": true}')
+    before = _digest(run)
+    err = _err(_run_main(attack_runner.main, ["--run", str(run), "--num-queries", "10"], capsys))
+    assert "attack_results.json" in err and _digest(run) == before
+
+
+def test_audit_refusals_are_one_line_and_write_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    block = plan_for_audit(CanaryAudit(clients=20, canaries=10, clients_per_round=10, rounds=2), delta=1e-5,
+                           noise_multiplier=2.0).report(2)
+    results = json.dumps({"clients": 20, "clients_per_round": 10, "rounds": 2, "privacy": block})
+    (run / "results.json").write_text(results)
+    (run / "audit.json").write_text("mine")  # no run recorded writing it
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "trunc").mkdir()
+    (tmp_path / "trunc" / "results.json").write_text(results[: len(results) // 2])
+    before = _digest(tmp_path)
+    for argv, needle in ((["--run", str(run)], "audit.json"),
+                         (["--epsilon", "1", "--out", str(tmp_path / "file")], "is a file"),
+                         (["--run", str(tmp_path / "trunc")], "truncated")):
+        assert needle in _err(_run_main(audit_main, argv + ["--dim", "64"], capsys))
+    assert _digest(tmp_path) == before
+    os.remove(run / "audit.json")
+    assert cli.run(audit_main, ["--run", str(run), "--dim", "64"]) == 0
+    assert cli.run(audit_main, ["--run", str(run), "--dim", "64"]) == 0  # its own audit.json: replaced
+    assert RunDir(str(run)).recorded("audit.json")
+    json.loads((run / "audit.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_collect_tables_the_readable_runs_names_the_rest_and_keeps_user_files(finished, tmp_path, capsys):
+    root = tmp_path / "study"
+    root.mkdir()
+    shutil.copytree(finished, root / "good")
+    shutil.copytree(finished, root / "truncated")
+    text = (root / "truncated" / "results.json").read_text()
+    (root / "truncated" / "results.json").write_text(text[: len(text) // 2])
+    shutil.copytree(finished, root / "no_config")
+    os.remove(root / "no_config" / "config.json")
+    (root / "report.html").write_text("<p>my report</p>")
+    before = _digest(tmp_path)
+    err = _err(_run_main(cli.compare_main, ["--collect", str(root)], capsys))
+    assert "report.html" in err and _digest(tmp_path) == before
+    os.remove(root / "report.html")
+    for _ in range(2):  # the second collect replaces what the first wrote
+        assert cli.run(cli.compare_main, ["--collect", str(root)]) == 0
+        out = capsys.readouterr().out
+        assert f"skipped {root / 'truncated'}" in out and f"skipped {root / 'no_config'}" in out
+        rows = open(root / "comparison.csv").read().strip().splitlines()
+        assert len(rows) == 2 and str(root / "good") in rows[1]
+    (tmp_path / "file.txt").write_text("x")
+    before = _digest(tmp_path)
+    for argv in (["--tiny", "--methods", "fedmix", "--budgets", "none", "--out", str(tmp_path / "file.txt")],
+                 ["--tiny", "--methods", "fedmix", "--budgets", "none", "--out", str(tmp_path / "file.txt"), "--slurm"],
+                 ["--collect", str(tmp_path / "file.txt")]):
+        assert "file" in _err(_run_main(cli.compare_main, argv, capsys))
+    assert _digest(tmp_path) == before
+
+
+# --- issue 29: every failure one line ------------------------------------------------------------
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # how pytest shows the tracebacks
+def test_corrupt_checkpoint_data_is_one_line_without_orbax_tracebacks(finished, tmp_path, capsys):
+    run = tmp_path / "corrupt"
+    shutil.copytree(finished, run)
+    os.remove(run / "results.json")
+    for f in glob.glob(str(run / "checkpoints" / "2" / "default" / "d" / "*")):
+        with open(f, "wb") as fh:
+            fh.write(os.urandom(40))
+    before = _digest(run)
+    code = cli.run(main, TINY + ["--rounds", "2", "--resume", "--out", str(run)])
+    time.sleep(1.0)  # the failed restore's other reads finish late, on orbax's closed loop
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "unreadable" in err, err
+    assert _digest(run) == before
+
+
+def test_a_run_that_diverges_before_any_checkpoint_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "div"
+    code, err = _run(TINY + ["--rounds", "2", "--checkpoint-every", "10", "--server-lr", "1e30", "--out", str(out)],
+                     capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "no checkpoint was saved" in err and "None" not in err, err
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_resume_after_the_checkpointed_rounds_record_was_torn_rewrites_it(finished, tmp_path, capsys):
+    run = tmp_path / "torn2"
+    shutil.copytree(finished, run)
+    lines = open(run / "metrics.jsonl").read().splitlines()
+    assert json.loads(lines[-1])["round"] == 2  # checkpoint 2 exists; its record is torn below
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1] + [lines[-1][:20]]))
+    assert _run(["--out", str(run), "--resume", "--rounds", "3", "--no-progress"], capsys)[0] == 0
+    assert [json.loads(line)["round"] for line in open(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("entry,argv,needle", [
+    (cli.main_for("fedmix"), ["--temperature", "inf"], "--temperature must be a finite number"),
+    (cli.main_for("fedmix"), ["--count-weight", "-inf"], "--count-weight"),
+    (cli.compare_main, ["--dataset", "nope", "--tiny"], "unknown dataset"),
+    (cli.compare_main, ["--partitions", "iid,bogus:1", "--tiny"], "unknown partition"),
+    (cli.compare_main, ["--partitions", "shards:x", "--tiny"], "K must be an integer"),
+])
+def test_silently_wrong_inputs_are_refused_before_anything_is_written(entry, argv, needle, tmp_path, capsys):
+    out = tmp_path / "never"
+    err = _err(_run_main(entry, argv + ["--out", str(out)], capsys))
+    assert needle in err and os.listdir(tmp_path) == []
