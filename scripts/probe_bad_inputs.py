@@ -151,6 +151,11 @@ def cases(root: str, run: str, quick: bool = False) -> list[Case]:
              SMALL + ("--dp", "example", "--epsilon", "3", "--budget", "2", "--em-rounds", "1", "--out", out,
                       "--ledger", os.path.join(led, "empty.json")),
              lambda r: os.makedirs(os.path.join(r, "ledgers"), exist_ok=True), ledger=os.path.join(led, "empty.json")),
+        Case("fedmix: a request raising the ledger's budget", "method:fedmix",
+             SMALL + ("--dp", "example", "--epsilon", "0.5", "--budget", "100", "--em-rounds", "1", "--out", out,
+                      "--ledger", os.path.join(led, "budget2.json")),
+             lambda r: _write(os.path.join(r, "ledgers", "budget2.json"), json.dumps(
+                 {"deployment": "site", "unit": "example", "delta": 1e-5, "budget": 2.0, "releases": []}))),
         Case("fedmix: --temperature inf", "method:fedmix", SMALL + ("--temperature", "inf", "--out", out)),
         Case("fedmix: corrupt checkpoint data", "method:fedmix",
              ("--resume", "--out", os.path.join(root, "corrupt_ckpt")), copy_run("corrupt_ckpt", _corrupt)),

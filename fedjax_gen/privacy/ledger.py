@@ -191,7 +191,9 @@ def load(path) -> Ledger:
 def open_ledger(path, *, deployment: str, unit: str, delta: float, budget: float,
                 accountant: str = "pld") -> Ledger:
     """The deployment's ledger at `path`, created empty if absent. An existing ledger must have
-    the same unit and delta (its epsilon is only meaningful at them); its budget may be raised."""
+    the same unit and delta (its epsilon is only meaningful at them) and the same budget: the
+    budget is the deployment's promise, fixed when the ledger is created, so a request cannot
+    raise it by asking (an operator who decides to changes the file's "budget" on purpose)."""
     path = pathlib.Path(path)
     if not path.exists():
         return Ledger(deployment, unit, delta, budget, accountant)
@@ -199,7 +201,11 @@ def open_ledger(path, *, deployment: str, unit: str, delta: float, budget: float
     if led.unit != unit or led.delta != delta:
         raise LedgerError(f"ledger {path} accounts {led.unit} level at delta {led.delta:g}; "
                           f"requested {unit} at {delta:g}: use the same unit and delta or a new deployment")
-    return dataclasses.replace(led, budget=max(budget, led.budget))
+    if led.budget != budget:
+        raise LedgerError(f"ledger {path} holds the deployment's budget {led.budget:g} (fixed when it was created), "
+                          f"not {budget:g}: pass {{budget}} {led.budget:g} (to change the promise, edit the ledger's "
+                          "budget on purpose, or start a new deployment with a new {ledger})")
+    return led
 
 
 # --- the ledger file as a transaction ------------------------------------------------------

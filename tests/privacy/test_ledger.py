@@ -87,7 +87,7 @@ def test_fedmix_ledger_entries_carry_each_rounds_sensitivity():
     assert L.epsilon(led) == pytest.approx(_direct(list(z)), rel=1e-6) and L.epsilon(led) <= 1.0
 
 
-# --- the ledger file as a transaction (issue 29) --------------------------------------------
+# --- the ledger file as a transaction --------------------------------------------------------
 def _request(path, eps_alone: float, budget: float = 2.0, name="r"):
     """A one-release request whose epsilon alone is `eps_alone` (pld, delta 1e-5)."""
     z = fm.accounting.calibrate_noise_multiplier(eps_alone, 1e-5, 1.0, 1, "pld")
@@ -261,3 +261,16 @@ def test_a_resumed_ledger_run_is_charged_once(tmp_path, capsys):
     code, err, _, _ = _fedmix(tmp_path, "b", argv, capsys)  # a new request: refused, on record
     assert code == 2 and "remaining budget" in err
     assert [a.status for a in L.load(path).attempts] == ["charged", "refused"]
+
+
+def test_a_request_cannot_raise_the_deployments_budget(tmp_path):
+    """The budget is fixed when the ledger is created: a request with a larger (or smaller)
+    --budget is refused, the file unchanged, instead of silently moving the promise."""
+    path = tmp_path / "site.json"
+    L.transact(_request(path, 1.0, budget=2.0))
+    before = path.read_bytes()
+    for other in (100.0, 1.0):
+        with pytest.raises(L.LedgerError, match="budget 2"):
+            L.preflight(_request(path, 0.5, budget=other))
+    assert path.read_bytes() == before
+    L.preflight(_request(path, 0.5, budget=2.0))  # the same budget still fits
