@@ -221,6 +221,13 @@ class RunDir:
             recorded.add(top)
         return self.file(name)
 
+    def check_replaceable(self, name: str, writer: str) -> None:
+        """Refuses (UserError naming it) a `name` that exists here but that no fedjax_gen run
+        recorded writing: `writer` (the attack, the audit, the study) replaces only what was."""
+        if os.path.lexists(self.file(name)) and not self.recorded(name):
+            raise UserError(f"{self.file(name)} was not written by fedjax_gen: {writer} never replaces it; move "
+                            "it out or pick another directory")
+
     def _owned(self, entry: str, files: set) -> bool:
         if entry in (LOCK, MANIFEST) or entry in files:
             return True

@@ -76,9 +76,7 @@ def _check_out(out_dir: str) -> RunDir:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} is a file: pass a directory for audit.json")
     rd = RunDir(out_dir)
-    if os.path.exists(rd.file("audit.json")) and not rd.recorded("audit.json"):
-        raise UserError(f"{rd.file('audit.json')} was not written by fedjax_gen: audit never replaces it; move it "
-                        "or pick another --out")
+    rd.check_replaceable("audit.json", "the audit")
     return rd
 
 

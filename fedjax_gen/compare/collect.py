@@ -25,9 +25,7 @@ def claim_outputs(root: str, names=OUTPUTS) -> None:
         raise UserError(f"{root} is a file: pick a directory for the study (--out / --collect)")
     rd = RunDir(root)
     for name in names:
-        if os.path.lexists(rd.file(name)) and not rd.recorded(name):
-            raise UserError(f"{rd.file(name)} was not written by a fedjax_gen study: the study never replaces it; "
-                            "move it or pick another study root")
+        rd.check_replaceable(name, "the study")
     try:
         os.makedirs(root, exist_ok=True)
         for name in names:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -38,26 +37,19 @@ class _RealSide:
     accuracy: float
 
 
-@functools.lru_cache(maxsize=4)
-def _real_side(network_entry: str, test_key: str, max_eval: int, dataset_ref) -> _RealSide:
-    del network_entry, test_key  # the cache key: the network and the test split's content
-    dataset, model, params = dataset_ref.value
-    real_idx = _subsample(len(dataset.x_test), max_eval, jax.random.key(_REAL_SUBSAMPLE_SEED))
-    feats = embed(model, params, dataset.x_test[real_idx])
-    return _RealSide(feats, median_bandwidth(feats), evaluate_accuracy(model, params, dataset.x_test, dataset.y_test))
+_REAL_SIDES: dict = {}  # (FID network entry, test split fingerprint, max_eval) -> _RealSide
 
 
-class _Unhashed:
-    """Carries arrays through lru_cache without taking part in its key."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __hash__(self):
-        return 0
-
-    def __eq__(self, other):
-        return isinstance(other, _Unhashed)
+def _real_side(dataset: Dataset, model, params, network_entry: str, max_eval: int) -> _RealSide:
+    key = (network_entry, cache.fingerprint(dataset.x_test, dataset.y_test.astype(np.int64)), max_eval)
+    if key not in _REAL_SIDES:
+        if len(_REAL_SIDES) >= 4:  # a process scores a handful of datasets at most
+            _REAL_SIDES.clear()
+        real_idx = _subsample(len(dataset.x_test), max_eval, jax.random.key(_REAL_SUBSAMPLE_SEED))
+        feats = embed(model, params, dataset.x_test[real_idx])
+        _REAL_SIDES[key] = _RealSide(feats, median_bandwidth(feats),
+                                     evaluate_accuracy(model, params, dataset.x_test, dataset.y_test))
+    return _REAL_SIDES[key]
 
 
 def evaluate_synthetic(
@@ -116,8 +108,7 @@ def evaluate_synthetic(
                                           progress=progress)
     progress.say(f"FID, precision/recall, MMD/KID on {min(len(synthetic_x), max_eval)} synthetic images")
     network = str(cache_path(dataset, cache_dir=cache_dir, steps=domain_classifier_steps))
-    test_key = cache.fingerprint(dataset.x_test, dataset.y_test.astype(np.int64))
-    real = _real_side(network, test_key, max_eval, _Unhashed((dataset, model, params)))
+    real = _real_side(dataset, model, params, network, max_eval)
     fake_feats = embed(model, params, synthetic_x[_subsample(len(synthetic_x), max_eval, sub_key)])
     out.update({
         "fid": fid(real.features, fake_feats),

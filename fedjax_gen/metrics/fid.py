@@ -41,10 +41,6 @@ DOMAIN_CLASSIFIER_STEPS = 1000
 _FORMAT_VERSION = 1  # bump to invalidate old cache files when the recipe changes
 
 
-def default_cache_dir() -> pathlib.Path:
-    return cache.cache_dir()
-
-
 def cache_path(dataset: Dataset, *, key=None, cache_dir=None, steps=DOMAIN_CLASSIFIER_STEPS) -> pathlib.Path:
     """cache_dir/fid_classifier-<hash>.msgpack; the hash covers the train images and labels,
     the seed and the network's recipe."""

@@ -8,11 +8,11 @@ C = 1.0: no tuning, so nothing is chosen on any data) on pixels scaled to [0, 1]
 mean cross-entropy + ||W||^2 / (2 C N), the intercept unpenalised, from zeros, by L-BFGS
 (memory 10) until every gradient entry is below `tol` (at most `max_iter` iterations).
 
-Why our own solver: sklearn's lbfgs runs on the host in float64 and cost 22 s on 60,000 MNIST
-images (the real-data ceiling) and ~20 s on a 50,000-image synthetic set on 2 cores; the same
-objective jitted with optax's L-BFGS runs in float32 on the device in 12 s there (200
-iterations) and 0.02-1.7 s on 2,000 images. tests/metrics/test_logreg.py checks it against sklearn on small data
-(same accuracy, coefficients close); benchmarks/README.md compares the reported values.
+Why our own solver: sklearn's lbfgs runs on the host in float64 (25 s for 200 iterations on
+60,000 MNIST images, 2 cores); the same objective jitted with optax's L-BFGS runs in float32 on
+the device (12 s for 200 iterations there, 26 s to convergence on 50,000 images, 0.02-1.7 s on
+2,000). tests/metrics/test_logreg.py checks it against sklearn on small data (same accuracy,
+coefficients close); benchmarks/README.md compares the reported values.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from fedjax_gen.metrics.train_classifier import bucket_size
+from fedjax_gen.metrics.train_classifier import bucket_size, pad_rows
 
 # Run to convergence (sklearn's tol), not to sklearn's 200-iteration cap: an unconverged iterate
 # depends on the solver's path. On 50,000 fedmix MNIST images the 200-iteration accuracy was
@@ -71,9 +71,8 @@ def fit_logreg(x, y, num_classes: int, *, max_iter: int = LOGREG_MAX_ITER, tol: 
     """(W [D, K], b [K]) of the multinomial logistic regression above, on float features x."""
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     rows = bucket_size(len(x))
-    pad = lambda a: np.concatenate([a, np.zeros((rows - len(a),) + a.shape[1:], a.dtype)])
-    return _fit(jnp.asarray(pad(x)), jnp.asarray(pad(y)), jnp.float32(len(x)), int(num_classes), int(max_iter),
-                jnp.float32(tol), jnp.float32(C))
+    return _fit(jnp.asarray(pad_rows(x, rows)), jnp.asarray(pad_rows(y, rows)), jnp.float32(len(x)), int(num_classes),
+                int(max_iter), jnp.float32(tol), jnp.float32(C))
 
 
 @jax.jit

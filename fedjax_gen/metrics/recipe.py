@@ -31,7 +31,7 @@ import optax
 
 from fedjax_gen.data.client_data import to_float
 from fedjax_gen.metrics.progress import SILENT, Progress
-from fedjax_gen.metrics.train_classifier import bucket_size, padded_batches
+from fedjax_gen.metrics.train_classifier import bucket_size, pad_rows, padded_batches
 from fedjax_gen.models.layers import Conv
 
 
@@ -216,10 +216,6 @@ def recipe_accuracy(trained: TrainedClassifier, x: np.ndarray, y: np.ndarray) ->
     return _accuracy(trained.net, trained.params, x, y)
 
 
-def _padded(a: np.ndarray, rows: int) -> np.ndarray:
-    return np.concatenate([a, np.zeros((rows - len(a),) + a.shape[1:], a.dtype)]) if rows > len(a) else a
-
-
 def _chunks(recipe: TSTRRecipe, steps_per_call: int, has_val: bool):
     """(start, length, evaluate after) of every compiled call, in order."""
     every = max(recipe.eval_every, 1)
@@ -264,8 +260,8 @@ def train_recipe_classifiers(
 
     def run(group, name):
         with progress.bar(name, recipe.steps) as advance:
-            xd = [jnp.asarray(_padded(x[s["tr"]], rows)) for s in group]
-            yd = [jnp.asarray(_padded(y[s["tr"]], rows)) for s in group]
+            xd = [jnp.asarray(pad_rows(x[s["tr"]], rows)) for s in group]
+            yd = [jnp.asarray(pad_rows(y[s["tr"]], rows)) for s in group]
             n = len(group[0]["tr"])
             if len(group) == 1:
                 s = group[0]

@@ -115,6 +115,11 @@ def bucket_size(n: int) -> int:
     return max(64, 1 << (int(n) - 1).bit_length())
 
 
+def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """a with zero rows appended up to `rows` (a bucket_size)."""
+    return np.concatenate([a, np.zeros((rows - len(a),) + a.shape[1:], a.dtype)]) if rows > len(a) else a
+
+
 def padded_batches(x, y, batch_size):
     """Yields (x, y, valid) batches, the last one padded so every batch has one shape."""
     batch_size = min(batch_size, len(x))

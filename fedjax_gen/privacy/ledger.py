@@ -268,24 +268,27 @@ def _locked(path: pathlib.Path, wait: float):
         os.close(fd)  # drops the lock
 
 
-def _attempt(status: str, req: Request, total: float, budget: float, run, run_id) -> Attempt:
-    return Attempt(status, tuple(r.name for r in req.releases), _finite(total), budget, run, run_id, os.getpid(),
-                   platform.node(), time.time())
+def _with_attempt(led: Ledger, status: str, req: Request, total: float, run, run_id) -> Ledger:
+    attempt = Attempt(status, tuple(r.name for r in req.releases), _finite(total), led.budget, run, run_id,
+                      os.getpid(), platform.node(), time.time())
+    return dataclasses.replace(led, attempts=led.attempts + (attempt,))
+
+
+def _charge_or_record_refusal(led: Ledger, req: Request, run, run_id) -> Ledger:
+    """Under the lock: `led` with the request's releases charged, or BudgetExceeded with the
+    refusal saved on record."""
+    try:
+        return charge(led, *req.releases, unit=req.unit)
+    except BudgetExceeded as e:
+        save(_with_attempt(led, "refused", req, e.requested, run, run_id), req.path)
+        raise
 
 
 def _refuse(req: Request, run, run_id, wait: float) -> None:
     """Under the lock: re-reads, and if the request still does not fit records the refusal and
     raises BudgetExceeded; returns if it fits after all (the file was replaced meanwhile)."""
-    path = pathlib.Path(req.path)
-    with _locked(path, wait):
-        led = req.open()
-        try:
-            charge(led, *req.releases, unit=req.unit)
-            return
-        except BudgetExceeded as e:
-            save(dataclasses.replace(led, attempts=led.attempts + (
-                _attempt("refused", req, e.requested, led.budget, run, run_id),)), path)
-            raise
+    with _locked(pathlib.Path(req.path), wait):
+        _charge_or_record_refusal(req.open(), req, run, run_id)
 
 
 def _charged(led: Ledger, run_id: str | None) -> bool:
@@ -320,13 +323,7 @@ def transact(req: Request, *, run: str | None = None, run_id: str | None = None,
         led = req.open()
         if _charged(led, run_id):
             return led
-        try:
-            new = charge(led, *req.releases, unit=req.unit)
-        except BudgetExceeded as e:
-            save(dataclasses.replace(led, attempts=led.attempts + (
-                _attempt("refused", req, e.requested, led.budget, run, run_id),)), path)
-            raise
-        new = dataclasses.replace(new, attempts=new.attempts + (
-            _attempt("charged", req, epsilon(new), new.budget, run, run_id),))
+        new = _charge_or_record_refusal(led, req, run, run_id)
+        new = _with_attempt(new, "charged", req, epsilon(new), run, run_id)
         save(new, path)
         return new

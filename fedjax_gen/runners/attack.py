@@ -130,20 +130,12 @@ def _main(argv):
     for name, lacking in skipped:
         print(f"skipping {name}: the run has no {', '.join(lacking)}")
     ctx = AttackContext(t, ref, draw_queries(t, cfg.num_queries, cfg.seed), cfg.num_queries, cfg.seed)
-    _check_replaceable(t.run_dir, ["attack_results.json"])
+    t.run_dir.check_replaceable("attack_results.json", "the attack")
     t.run_dir.lock()  # one writer of attack_results.json at a time
     try:
         return _run(cfg, ctx, chosen, settings_of)
     finally:
         t.run_dir.unlock()
-
-
-def _check_replaceable(run_dir, names) -> None:
-    """Only what fedjax_gen recorded writing is replaced: a user's file of the same name is refused."""
-    for name in names:
-        if os.path.lexists(run_dir.file(name)) and not run_dir.recorded(name):
-            raise UserError(f"{run_dir.file(name)} was not written by fedjax_gen: the attack never replaces it; "
-                            "move it out of the run directory")
 
 
 def _run(cfg: AttackConfig, ctx: AttackContext, chosen, settings_of) -> dict:
@@ -171,7 +163,8 @@ def _run(cfg: AttackConfig, ctx: AttackContext, chosen, settings_of) -> dict:
         "attacks": {**prev.get("attacks", {}), **out},
         "seconds": {**prev.get("seconds", {}), **timings},
     }
-    _check_replaceable(t.run_dir, list(ctx.grids))  # before anything is written
+    for name in ctx.grids:  # before anything is written
+        t.run_dir.check_replaceable(name, "the attack")
     for name, rows in ctx.grids.items():
         save_grid(t.run_dir.output(name), rows)
     t.run_dir.write_json("attack_results.json", results)

@@ -57,9 +57,10 @@ def _keys(seed: int, fresh_noise: bool) -> dict:
     (it is not a CSPRNG per sample); init, evaluation and the synthetic set stay seeded."""
     keys = {k: run_key(seed, k) for k in _KEYS}
     if fresh_noise:
-        like = jax.random.key_data(jax.random.key(seed))
+        root = jax.random.key(seed)  # only its shape and PRNG implementation
+        like = jax.random.key_data(root)
         words = np.frombuffer(os.urandom(like.size * like.dtype.itemsize), like.dtype).reshape(like.shape)
-        fresh = jax.random.wrap_key_data(words, impl=jax.random.key_impl(jax.random.key(seed)))
+        fresh = jax.random.wrap_key_data(words, impl=jax.random.key_impl(root))
         keys.update({k: jax.random.fold_in(fresh, _KEYS.index(k)) for k in _MECHANISM_KEYS})
     return keys
 
