@@ -4,7 +4,7 @@ every row) and prints one JSON row per measurement.
 
   python benchmarks/evaluation.py --sets mnist:RUN_DIR[,digits:RUN_DIR] --data-dir ../shared/data/tfds
 
-Each set is a run directory's synthetic.npz (e.g. `experiments/fedmix.py ... --eval none`); a
+Each set is a run directory's synthetic.npz (e.g. `experiments/dct_gmm.py ... --eval none`); a
 `--sizes 2000,50000` prefix of it is scored. Rows (wall and CPU seconds, the load average):
   tstr_seed        one TSTR recipe seed on the set: `previous` (one compiled call per step, XLA
                    convs: the implementation before) vs `current` (RecipeExecution's defaults); the

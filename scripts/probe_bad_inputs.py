@@ -90,7 +90,7 @@ def _write(path: str, text: str) -> None:
 
 
 def cases(root: str, run: str, quick: bool = False) -> list[Case]:
-    """The matrix. `run`: a finished tiny fedmix run (copied where a case changes it)."""
+    """The matrix. `run`: a finished tiny dct_gmm run (copied where a case changes it)."""
     from fedjax_gen import methods
 
     def copy_run(name, mutate=None):
@@ -104,7 +104,7 @@ def cases(root: str, run: str, quick: bool = False) -> list[Case]:
 
     user_dir = os.path.join(root, "user_folder")
     out = os.path.join(root, "new_out")
-    names = ["fedmix"] if quick else list(methods.names())
+    names = ["dct_gmm"] if quick else list(methods.names())
     cs = []
     for m in names:
         base = SMALL + _PER_METHOD.get(m, ())
@@ -138,26 +138,26 @@ def cases(root: str, run: str, quick: bool = False) -> list[Case]:
     fm = SMALL + ("--dp", "example", "--epsilon", "0.5", "--budget", "2", "--em-rounds", "1", "--out", out)
     led = os.path.join(root, "ledgers")
     cs += [
-        Case("fedmix: ledger in a missing folder", "method:fedmix",
+        Case("dct_gmm: ledger in a missing folder", "method:dct_gmm",
              fm + ("--ledger", os.path.join(root, "no_such_folder", "l.json"))),
-        Case("fedmix: ledger that is not JSON", "method:fedmix", fm + ("--ledger", os.path.join(led, "bad.json")),
+        Case("dct_gmm: ledger that is not JSON", "method:dct_gmm", fm + ("--ledger", os.path.join(led, "bad.json")),
              lambda r: _write(os.path.join(r, "ledgers", "bad.json"), "{oops")),
-        Case("fedmix: ledger that is someone else's JSON", "method:fedmix",
+        Case("dct_gmm: ledger that is someone else's JSON", "method:dct_gmm",
              fm + ("--ledger", os.path.join(led, "other.json")),
              lambda r: _write(os.path.join(r, "ledgers", "other.json"), '{"name": "not a ledger"}')),
-        Case("fedmix: ledger that is a folder", "method:fedmix", fm + ("--ledger", led),
+        Case("dct_gmm: ledger that is a folder", "method:dct_gmm", fm + ("--ledger", led),
              lambda r: os.makedirs(os.path.join(r, "ledgers"), exist_ok=True)),
-        Case("fedmix: ledger over budget", "method:fedmix",
+        Case("dct_gmm: ledger over budget", "method:dct_gmm",
              SMALL + ("--dp", "example", "--epsilon", "3", "--budget", "2", "--em-rounds", "1", "--out", out,
                       "--ledger", os.path.join(led, "empty.json")),
              lambda r: os.makedirs(os.path.join(r, "ledgers"), exist_ok=True), ledger=os.path.join(led, "empty.json")),
-        Case("fedmix: a request raising the ledger's budget", "method:fedmix",
+        Case("dct_gmm: a request raising the ledger's budget", "method:dct_gmm",
              SMALL + ("--dp", "example", "--epsilon", "0.5", "--budget", "100", "--em-rounds", "1", "--out", out,
                       "--ledger", os.path.join(led, "budget2.json")),
              lambda r: _write(os.path.join(r, "ledgers", "budget2.json"), json.dumps(
                  {"deployment": "site", "unit": "example", "delta": 1e-5, "budget": 2.0, "releases": []}))),
-        Case("fedmix: --temperature inf", "method:fedmix", SMALL + ("--temperature", "inf", "--out", out)),
-        Case("fedmix: corrupt checkpoint data", "method:fedmix",
+        Case("dct_gmm: --temperature inf", "method:dct_gmm", SMALL + ("--temperature", "inf", "--out", out)),
+        Case("dct_gmm: corrupt checkpoint data", "method:dct_gmm",
              ("--resume", "--out", os.path.join(root, "corrupt_ckpt")), copy_run("corrupt_ckpt", _corrupt)),
     ]
     # attack / audit / compare / evaluate
@@ -175,7 +175,7 @@ def cases(root: str, run: str, quick: bool = False) -> list[Case]:
         Case("audit: not a user-level run", "audit", ("--run", run)),
         Case("compare: unknown dataset", "compare", ("--dataset", "nope", "--tiny", "--out", out)),
         Case("compare: bad partition", "compare", ("--partitions", "iid,bogus:1", "--tiny", "--out", out)),
-        Case("compare: --out is a file", "compare", ("--tiny", "--methods", "fedmix", "--budgets", "none", "--out",
+        Case("compare: --out is a file", "compare", ("--tiny", "--methods", "dct_gmm", "--budgets", "none", "--out",
                                                      os.path.join(root, "a_file")),
              lambda r: _write(os.path.join(r, "a_file"), "x")),
         Case("compare: --collect a file", "compare", ("--collect", os.path.join(root, "a_file")),
@@ -255,7 +255,7 @@ def _fixture_run(root: str) -> str:
     argv = list(SMALL) + ["--em-rounds", "1", "--num-synthetic", "100", "--tstr-steps", "5",
                           "--fid-classifier-steps", "5", "--save-uploads", "0", "--out", run]
     with contextlib.redirect_stdout(io.StringIO()):
-        if cli.run(cli.main_for("fedmix"), argv) != 0:
+        if cli.run(cli.main_for("dct_gmm"), argv) != 0:
             raise RuntimeError("the probe's fixture run failed")
     return run
 

@@ -8,7 +8,7 @@ import tempfile
 
 # Must happen before jax initialises its backends. Compilation dominates this suite (small shapes,
 # many distinct programs); LLVM at -O1 compiles faster than the default -O2 and runs as fast here
-# (measured on 2 cores: 39 engine / fedmix / ghost-clipping tests 183 s -> 148 s; the 3000-step
+# (measured on 2 cores: 39 engine / dct_gmm / ghost-clipping tests 183 s -> 148 s; the 3000-step
 # recipe test 71 s -> 70 s). -O0 halves compile time but made training loops 9x slower.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

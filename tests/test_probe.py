@@ -31,9 +31,9 @@ def test_quick_matrix_is_clean():
     results = _probe().probe(quick=True, verbose=False)
     _check(results)
     names = {case for case, _, _ in results}
-    assert {"fedmix: ledger that is not JSON", "fedmix: a request raising the ledger's budget",
-            "fedmix: corrupt checkpoint data", "compare: --collect over a user's "
-            "report.html", "fedmix: --temperature inf", "audit: truncated results.json"} <= names
+    assert {"dct_gmm: ledger that is not JSON", "dct_gmm: a request raising the ledger's budget",
+            "dct_gmm: corrupt checkpoint data", "compare: --collect over a user's "
+            "report.html", "dct_gmm: --temperature inf", "audit: truncated results.json"} <= names
     assert len(results) > 40
 
 

@@ -24,7 +24,7 @@ PRESETS = {
         "dosfl": dict(ipc=1, dm_steps=2, batch_size=8, width=8),
         "dense": dict(client_model="mlp", client_width=8, local_steps=2, server_steps=2, student_steps=1,
                       ensemble_size=2, gen_width=8, latent_dim=8),
-        "fedmix": dict(max_components=3),
+        "dct_gmm": dict(max_components=3),
     },
     "quick": {
         "dp_fedavg_gan": dict(rounds=100, clients_per_round=10, local_steps=5, width=32),
@@ -32,7 +32,7 @@ PRESETS = {
         "dp_merf": dict(num_features=2000, gen_steps=500),
         "dosfl": dict(ipc=5, dm_steps=50),
         "dense": dict(client_model="mlp", local_steps=30, server_steps=150),
-        "fedmix": dict(max_components=10),
+        "dct_gmm": dict(max_components=10),
     },
     "full": {
         # DCGAN pair (server G, federated D), 300 rounds x 50 of 1000 clients: digits iid TSTR 0.872 /
@@ -44,7 +44,7 @@ PRESETS = {
         "dp_merf": dict(),
         "dosfl": dict(),
         "dense": dict(),
-        "fedmix": dict(),
+        "dct_gmm": dict(),
     },
 }
 # The privacy unit each method is compared at when private (its paper's, or its only one).

@@ -2,6 +2,6 @@
 registers the built-in ones."""
 
 from fedjax_gen.methods.base import BuildContext, Built, Method, ServerPhase, Uploads, get, names, register
-from fedjax_gen.methods import dense, dosfl, dp_merf, fedmix, gan  # noqa: F401  (registration)
+from fedjax_gen.methods import dense, dosfl, dp_merf, dct_gmm, gan  # noqa: F401  (registration)
 
 __all__ = ["BuildContext", "Built", "Method", "ServerPhase", "Uploads", "get", "names", "register"]

@@ -7,7 +7,7 @@ A method is a class with
   config_key           the config.json section holding its internal config
   units                the privacy units it implements ("example", "user")
   run_defaults         RunConfig defaults it changes (e.g. DOSFL keeps every upload)
-  unit_run_defaults    per privacy unit, RunConfig defaults that replace run_defaults' (fedmix:
+  unit_run_defaults    per privacy unit, RunConfig defaults that replace run_defaults' (dct_gmm:
                        no synthetic-set transform at user level, where it was measured to hurt)
   build(ctx) -> Built  validates its options against the data and privacy request and
                        returns everything the driver runs
@@ -90,7 +90,7 @@ class Built:
     mechanism: Mechanism | None = None
     plan: PrivacyPlan | None = None
     uploads: Uploads | None = None
-    later_rounds: tuple = ()  # FederatedAlgorithms of rounds 2..R when a method's rounds differ (fedmix's
+    later_rounds: tuple = ()  # FederatedAlgorithms of rounds 2..R when a method's rounds differ (dct_gmm's
     # E-steps after its first release); same state pytree, `algorithm` runs round 1 (and init)
     release: Callable | None = None  # host-side (state, key) -> (state, info) right after the last round:
     # protocols that cannot run under jit (secure aggregation's key agreement and unmasking). `info`
@@ -116,7 +116,7 @@ class Method:
     run_defaults: ClassVar[dict] = {}
     unit_run_defaults: ClassVar[dict] = {}  # {unit: {RunConfig field: default}}
     description: ClassVar[str] = ""
-    single_device: ClassVar[bool] = False  # run on one device of the mesh (see methods/fedmix.py for why)
+    single_device: ClassVar[bool] = False  # run on one device of the mesh (see methods/dct_gmm.py for why)
 
     @classmethod
     def run_defaults_for(cls, unit: str | None) -> dict:

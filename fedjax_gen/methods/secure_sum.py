@@ -1,4 +1,4 @@
-"""Secure aggregation for every method whose round is a sum: DP-MERF's release, fedmix's
+"""Secure aggregation for every method whose round is a sum: DP-MERF's release, dct_gmm's
 releases, DP-FedAvg's clipped deltas (`--secure-aggregation secagg`).
 
 The round runs its clients as usual (engine reduce="host"); then, on the host, each

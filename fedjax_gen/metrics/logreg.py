@@ -28,7 +28,7 @@ from jax.flatten_util import ravel_pytree
 from fedjax_gen.metrics.train_classifier import bucket_size, pad_rows
 
 # Run to convergence (sklearn's tol), not to sklearn's 200-iteration cap: an unconverged iterate
-# depends on the solver's path. On 50,000 fedmix MNIST images the 200-iteration accuracy was
+# depends on the solver's path. On 50,000 dct_gmm MNIST images the 200-iteration accuracy was
 # 0.7639 (sklearn) vs 0.7506 (this solver), while both converged to 0.7345 / 0.7364 (455 and
 # < 500 iterations); sets of a few thousand converge in < 200 iterations (benchmarks/README.md).
 LOGREG_MAX_ITER = 1000

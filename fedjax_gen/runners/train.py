@@ -332,7 +332,7 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
     data = place(s.data, s.mesh)
     state = place(jax.device_get(s.state), s.mesh)
     R = built.rounds
-    # The accounted mechanism's rounds (fedmix's R releases compose to one accounted Gaussian):
+    # The accounted mechanism's rounds (dct_gmm's R releases compose to one accounted Gaussian):
     # epsilon per round when the plan counts rounds as the engine runs them, else at the end.
     schedule = built.plan.schedule(built.mechanism.rounds)[0] if built.plan is not None else None
     if built.secure is not None:  # one Skellam release per round

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fedjax_gen import cli
-from fedjax_gen.algorithms import fedmix as fm
+from fedjax_gen.algorithms import dct_gmm as fm
 from fedjax_gen.privacy import ledger as L
 
 
@@ -57,7 +57,7 @@ def test_refuses_over_budget_with_remaining_in_message_and_accepts_a_fit():
 
 def test_save_load_roundtrip_and_sampling_leaves_ledger_unchanged(tmp_path):
     path = tmp_path / "ledger.json"
-    cfg = fm.FedmixConfig((8, 8, 1), 2, dct_k=3, rounds=1, budget_split=(1.0,))
+    cfg = fm.DctGmmConfig((8, 8, 1), 2, dct_k=3, rounds=1, budget_split=(1.0,))
     z = fm.calibrate(cfg, 1.0, 1e-5)
     led = L.open_ledger(path, deployment="dep", unit="example", delta=1e-5, budget=2.0)
     x = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1)).astype(np.uint8)
@@ -77,8 +77,8 @@ def test_save_load_roundtrip_and_sampling_leaves_ledger_unchanged(tmp_path):
         L.open_ledger(path, deployment="dep", unit="user", delta=1e-5, budget=2.0)
 
 
-def test_fedmix_ledger_entries_carry_each_rounds_sensitivity():
-    cfg = fm.FedmixConfig((8, 8, 1), 2, dct_k=3, count_weight=0.3)
+def test_dct_gmm_ledger_entries_carry_each_rounds_sensitivity():
+    cfg = fm.DctGmmConfig((8, 8, 1), 2, dct_k=3, count_weight=0.3)
     z = fm.calibrate(cfg, 1.0, 1e-5)
     entries = fm.ledger_releases(cfg, z)
     assert [e.sensitivity for e in entries] == [cfg.round_sensitivity(r) for r in range(3)]
@@ -171,16 +171,16 @@ def test_concurrent_processes_never_overspend_and_every_attempt_is_on_record(tmp
     assert sorted(a.run for a in led.attempts) == [f"run{i}" for i in range(4)]
 
 
-# --- through fedmix's CLI: noise that never repeats, a charge before any release ----------------
-FEDMIX = cli.main_for("fedmix")
-TINY_FEDMIX = ["--dataset", "digits", "--clients", "10", "--max-train", "300", "--em-rounds", "1",
+# --- through dct_gmm's CLI: noise that never repeats, a charge before any release ----------------
+DCT_GMM = cli.main_for("dct_gmm")
+TINY_DCT_GMM = ["--dataset", "digits", "--clients", "10", "--max-train", "300", "--em-rounds", "1",
                "--num-synthetic", "200", "--eval", "none", "--no-progress", "--save-uploads", "0", "--dp", "example"]
-EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "fedmix.py")
+EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "dct_gmm.py")
 
 
-def _fedmix(tmp_path, name, extra, capsys=None):
+def _dct_gmm(tmp_path, name, extra, capsys=None):
     out = tmp_path / name
-    code = cli.run(FEDMIX, TINY_FEDMIX + ["--out", str(out)] + extra)
+    code = cli.run(DCT_GMM, TINY_DCT_GMM + ["--out", str(out)] + extra)
     err = capsys.readouterr().err.strip() if capsys is not None else ""
     if code:
         return code, err, None, None
@@ -189,13 +189,13 @@ def _fedmix(tmp_path, name, extra, capsys=None):
 
 def test_ledger_releases_never_repeat_noise_and_a_study_stays_reproducible(tmp_path):
     ledger = ["--epsilon", "0.5", "--ledger", str(tmp_path / "site.json"), "--budget", "2"]
-    _, _, xa, ra = _fedmix(tmp_path, "a", ledger)
-    _, _, xb, rb = _fedmix(tmp_path, "b", ledger)
+    _, _, xa, ra = _dct_gmm(tmp_path, "a", ledger)
+    _, _, xb, rb = _dct_gmm(tmp_path, "b", ledger)
     assert not np.array_equal(xa, xb)  # same --seed, same data: only the release's noise differs
     assert ra["privacy"]["noise_source"].startswith("fresh") and rb["privacy"]["noise_source"].startswith("fresh")
     assert [a.status for a in L.load(tmp_path / "site.json").attempts] == ["charged", "charged"]
-    _, _, xs, rs = _fedmix(tmp_path, "s1", ["--epsilon", "0.5"])
-    _, _, xt, _ = _fedmix(tmp_path, "s2", ["--epsilon", "0.5"])
+    _, _, xs, rs = _dct_gmm(tmp_path, "s1", ["--epsilon", "0.5"])
+    _, _, xt, _ = _dct_gmm(tmp_path, "s2", ["--epsilon", "0.5"])
     np.testing.assert_array_equal(xs, xt)  # a study: the noise derives from --seed
     assert rs["privacy"]["noise_source"].startswith("seeded")
     for name in ("a", "b", "s1"):  # --seed keeps governing the partition
@@ -207,7 +207,7 @@ def test_ledger_problems_are_refused_before_anything_runs(tmp_path, capsys):
     for path, needle in ((tmp_path / "nope" / "l.json", "does not exist"), (tmp_path / "x.json", "not JSON")):
         if path.name == "x.json":
             path.write_text("{oops")
-        code, err, _, _ = _fedmix(tmp_path, "r", ["--epsilon", "0.5", "--ledger", str(path), "--budget", "2"],
+        code, err, _, _ = _dct_gmm(tmp_path, "r", ["--epsilon", "0.5", "--ledger", str(path), "--budget", "2"],
                                   capsys)
         assert code == 2 and len(err.splitlines()) == 1 and needle in err and "--ledger" in err, err
         assert not (tmp_path / "r").exists()
@@ -221,7 +221,7 @@ def test_a_charge_lost_after_the_preflight_removes_the_run_and_is_on_record(tmp_
     L.transact(_request(path, 1.9), run="other", run_id="other")
     monkeypatch.setattr(L, "preflight", lambda req, **kw: L.open_ledger(
         req.path, deployment="d", unit=req.unit, delta=req.delta, budget=req.budget))
-    code, err, _, _ = _fedmix(tmp_path, "late", ["--epsilon", "1", "--ledger", str(path), "--budget", "2"], capsys)
+    code, err, _, _ = _dct_gmm(tmp_path, "late", ["--epsilon", "1", "--ledger", str(path), "--budget", "2"], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "remaining budget" in err, err
     assert not (tmp_path / "late").exists()
     led = L.load(path)
@@ -233,7 +233,7 @@ def test_two_cli_requests_at_once_never_exceed_the_budget(tmp_path):
     """The issue's race: two --epsilon 1.5 --budget 2 requests at once. One runs, the other is
     refused with one line and leaves no run directory; both attempts are in the ledger."""
     path = tmp_path / "l.json"
-    argv = TINY_FEDMIX + ["--epsilon", "1.5", "--ledger", str(path), "--budget", "2", "--accountant", "pld"]
+    argv = TINY_DCT_GMM + ["--epsilon", "1.5", "--ledger", str(path), "--budget", "2", "--accountant", "pld"]
     procs = [subprocess.Popen([sys.executable, EXPERIMENT] + argv + ["--out", str(tmp_path / f"run{i}")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -253,12 +253,12 @@ def test_a_resumed_ledger_run_is_charged_once(tmp_path, capsys):
     request: no second charge, no refusal."""
     path = tmp_path / "l.json"
     argv = ["--epsilon", "1.5", "--ledger", str(path), "--budget", "2", "--accountant", "pld"]
-    assert _fedmix(tmp_path, "a", argv)[0] == 0
+    assert _dct_gmm(tmp_path, "a", argv)[0] == 0
     os.remove(tmp_path / "a" / "results.json")
-    assert cli.run(FEDMIX, TINY_FEDMIX + argv + ["--out", str(tmp_path / "a"), "--resume"]) == 0
+    assert cli.run(DCT_GMM, TINY_DCT_GMM + argv + ["--out", str(tmp_path / "a"), "--resume"]) == 0
     assert (tmp_path / "a" / "results.json").exists()
     assert [a.status for a in L.load(path).attempts] == ["charged"]
-    code, err, _, _ = _fedmix(tmp_path, "b", argv, capsys)  # a new request: refused, on record
+    code, err, _, _ = _dct_gmm(tmp_path, "b", argv, capsys)  # a new request: refused, on record
     assert code == 2 and "remaining budget" in err
     assert [a.status for a in L.load(path).attempts] == ["charged", "refused"]
 

@@ -1,6 +1,6 @@
 """--augment through a run: synthetic.npz is the method's set transformed with the run's eval
 key (post-processing of the release, so the privacy block is unchanged), results.json names
-the transform it applied, fedmix's default (auto) leaves the 8x8 digits alone, and a bad spec
+the transform it applied, dct_gmm's default (auto) leaves the 8x8 digits alone, and a bad spec
 is one line, exit 2, nothing written."""
 
 import json
@@ -13,7 +13,7 @@ from fedjax_gen import cli
 from fedjax_gen.data.augment import augment_images, parse_augment
 from fedjax_gen.runners import train
 
-main = cli.main_for("fedmix")
+main = cli.main_for("dct_gmm")
 TINY = ["--dataset", "digits", "--clients", "10", "--max-train", "300", "--em-rounds", "1", "--num-synthetic", "200",
         "--tstr-steps", "20", "--fid-classifier-steps", "20", "--no-progress", "--save-uploads", "0",
         "--dp", "example", "--epsilon", "5"]
@@ -27,7 +27,7 @@ def _run(tmp_path, name, extra):
 
 
 def test_augment_transforms_the_methods_set_with_the_eval_key(tmp_path):
-    plain, res_plain = _run(tmp_path, "plain", [])  # fedmix's default, auto: off below 16 px
+    plain, res_plain = _run(tmp_path, "plain", [])  # dct_gmm's default, auto: off below 16 px
     warped, res_warped = _run(tmp_path, "warped", ["--augment", SPEC])
     assert res_plain["augment"] == "none" and res_warped["augment"] == parse_augment(SPEC).spec()
     np.testing.assert_array_equal(warped["y"], plain["y"])
@@ -46,20 +46,20 @@ def test_bad_augment_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
     assert not out.exists() and os.listdir(tmp_path) == []
 
 
-def test_fedmix_default_transform_depends_on_the_privacy_unit(monkeypatch):
-    """fedmix: auto at example level (and without DP), none at user level (measured to hurt
+def test_dct_gmm_default_transform_depends_on_the_privacy_unit(monkeypatch):
+    """dct_gmm: auto at example level (and without DP), none at user level (measured to hurt
     there); a typed --augment wins at every unit, and the comparison's jobs use the same rule."""
     from fedjax_gen.compare import grid
 
     common = ["--dataset", "digits", "--epsilon", "1"]
-    augment = lambda argv: cli.parse("fedmix", argv)[0].run.augment
+    augment = lambda argv: cli.parse("dct_gmm", argv)[0].run.augment
     assert augment(["--dataset", "digits"]) == "auto"
     assert augment(common + ["--dp", "example"]) == "auto"
     assert augment(common + ["--dp", "user"]) == "none"
     assert augment(common + ["--privacy-unit", "user", "--augment", "auto"]) == "auto"
     assert augment(["--dataset", "digits", "--dp", "user", "--noise-multiplier", "1"]) == "none"
-    cell = grid.Cell("fedmix", "iid", 1.0, 0)
+    cell = grid.Cell("dct_gmm", "iid", 1.0, 0)
     assert grid.job_for(cell, "/nonexistent", "digits", 10, "tiny").run.augment == "auto"
-    monkeypatch.setitem(grid.UNIT, "fedmix", "user")
+    monkeypatch.setitem(grid.UNIT, "dct_gmm", "user")
     assert grid.job_for(cell, "/nonexistent", "digits", 10, "tiny").run.augment == "none"
     assert grid.job_for(cell, "/nonexistent", "digits", 10, "tiny", augment="auto").run.augment == "auto"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from fedjax_gen import cli
 
-main = cli.main_for("fedmix")
+main = cli.main_for("dct_gmm")
 TINY = ["--dataset", "digits", "--clients", "10", "--max-train", "300", "--em-rounds", "1", "--num-synthetic", "200",
         "--tstr-steps", "20", "--fid-classifier-steps", "20", "--save-uploads", "0", "--dp", "example",
         "--epsilon", "5"]

@@ -198,8 +198,8 @@ def test_saved_uploads_are_compressed_as_sent(tmp_path):
 
 
 # --- issue 29: only what a run wrote is ever removed or replaced ----------------------------------
-# experiments/{fedgan,fedmix,dp_merf,dosfl,dense}.py: each refuses at its run directory, before training
-TRAINING_ENTRY_POINTS = {"dp_fedavg_gan": ["--clients-per-round", "3"], "fedmix": [], "dp_merf": [], "dosfl": [],
+# experiments/{fedgan,dct_gmm,dp_merf,dosfl,dense}.py: each refuses at its run directory, before training
+TRAINING_ENTRY_POINTS = {"dp_fedavg_gan": ["--clients-per-round", "3"], "dct_gmm": [], "dp_merf": [], "dosfl": [],
                          "dense": []}
 SMALL = ["--dataset", "digits", "--clients", "6", "--max-train", "120", "--no-progress"]
 
@@ -316,8 +316,8 @@ def test_collect_tables_the_readable_runs_names_the_rest_and_keeps_user_files(fi
         assert len(rows) == 2 and str(root / "good") in rows[1]
     (tmp_path / "file.txt").write_text("x")
     before = _digest(tmp_path)
-    for argv in (["--tiny", "--methods", "fedmix", "--budgets", "none", "--out", str(tmp_path / "file.txt")],
-                 ["--tiny", "--methods", "fedmix", "--budgets", "none", "--out", str(tmp_path / "file.txt"), "--slurm"],
+    for argv in (["--tiny", "--methods", "dct_gmm", "--budgets", "none", "--out", str(tmp_path / "file.txt")],
+                 ["--tiny", "--methods", "dct_gmm", "--budgets", "none", "--out", str(tmp_path / "file.txt"), "--slurm"],
                  ["--collect", str(tmp_path / "file.txt")]):
         assert "file" in _err(_run_main(cli.compare_main, argv, capsys))
     assert _digest(tmp_path) == before
@@ -359,8 +359,8 @@ def test_resume_after_the_checkpointed_rounds_record_was_torn_rewrites_it(finish
 
 
 @pytest.mark.parametrize("entry,argv,needle", [
-    (cli.main_for("fedmix"), ["--temperature", "inf"], "--temperature must be a finite number"),
-    (cli.main_for("fedmix"), ["--count-weight", "-inf"], "--count-weight"),
+    (cli.main_for("dct_gmm"), ["--temperature", "inf"], "--temperature must be a finite number"),
+    (cli.main_for("dct_gmm"), ["--count-weight", "-inf"], "--count-weight"),
     (cli.compare_main, ["--dataset", "nope", "--tiny"], "unknown dataset"),
     (cli.compare_main, ["--partitions", "iid,bogus:1", "--tiny"], "unknown partition"),
     (cli.compare_main, ["--partitions", "shards:x", "--tiny"], "K must be an integer"),

@@ -1,6 +1,6 @@
 """The generic secure-aggregation round (methods/secure_sum.py, engine reduce="host"):
 against the engine's plain sum on the same round key, its Skellam accounting against
-skellam_epsilon composed directly, and its wiring into fedmix and the federated GANs."""
+skellam_epsilon composed directly, and its wiring into dct_gmm and the federated GANs."""
 
 import math
 
@@ -104,9 +104,9 @@ def _build(method, digits, privacy, counts, **opts):
     return m.build(ctx)
 
 
-def test_fedmix_secagg_composes_its_releases_in_skellam_at_the_gaussian_noise(digits):
+def test_dct_gmm_secagg_composes_its_releases_in_skellam_at_the_gaussian_noise(digits):
     counts = np.full(20, 60)
-    built = _build("fedmix", digits, PrivacyConfig(unit="example", epsilon=1.0), counts, components=2)
+    built = _build("dct_gmm", digits, PrivacyConfig(unit="example", epsilon=1.0), counts, components=2)
     plan = built.secure.skellam
     assert plan.compositions == built.rounds == 3 and plan.l2_sensitivity == 1.0
     assert built.secure.epsilons(3)[-1] <= 1.0 + 1e-9 and len(built.aggregate) == 3
@@ -118,7 +118,7 @@ def test_fedmix_secagg_composes_its_releases_in_skellam_at_the_gaussian_noise(di
     assert plan.gaussian_std == pytest.approx(ref, rel=0.05) and plan.gaussian_std >= ref * 0.999
     assert plan.value_bound == pytest.approx(counts.sum() + 1)
     with pytest.raises(InvalidValue):  # the ledger composes Gaussians only
-        _build("fedmix", digits, PrivacyConfig(unit="example", epsilon=1.0), counts, ledger="/nonexistent/l.json",
+        _build("dct_gmm", digits, PrivacyConfig(unit="example", epsilon=1.0), counts, ledger="/nonexistent/l.json",
                budget=2.0)
 
 
@@ -140,9 +140,9 @@ def test_gan_secagg_needs_user_level_poisson_and_accounts_every_round(digits):
     assert cfg.rounding == "conditional" and cfg.local_mu == pytest.approx(plan.mu / 7)
 
 
-def test_fedmix_user_level_secagg_conditionally_rounds_each_clients_unit_vector(digits):
+def test_dct_gmm_user_level_secagg_conditionally_rounds_each_clients_unit_vector(digits):
     counts = np.full(20, 60)
-    built = _build("fedmix", digits, PrivacyConfig(unit="user", epsilon=2.0, clip=1.0), counts, components=2)
+    built = _build("dct_gmm", digits, PrivacyConfig(unit="user", epsilon=2.0, clip=1.0), counts, components=2)
     plan = built.secure.skellam
     assert plan.unit == "user" and plan.support == plan.dim and plan.value_bound == 20.0
     cfg = built.secure.round_config(20)

@@ -1,9 +1,9 @@
-"""Fedmix: a class-conditional Gaussian mixture fitted by DP-EM from summed, per-example
-clipped sufficient statistics in a fixed low-frequency DCT basis (docs/fedmix.md).
+"""DctGmm: a class-conditional Gaussian mixture fitted by DP-EM from summed, per-example
+clipped sufficient statistics in a fixed low-frequency DCT basis (docs/dct_gmm.md).
 
 Rounds (each one Gaussian release of a sum over clients, accounted):
   1. every client uploads, per class, sum_i [a, b u_i] and sum_i vech(u_i u_i^T)
-     (u_i: clipped DCT coefficients, fedmix_features.py); the server gets per-class
+     (u_i: clipped DCT coefficients, dct_gmm_features.py); the server gets per-class
      counts, means and covariances and splits each class into K components.
   2..R. the server broadcasts the mixture; every client computes responsibilities of its
      examples locally (E-step) and uploads the soft statistics sum_i r_ik [a, b u_i] and the
@@ -12,7 +12,7 @@ The release is the private artefact: `fit` and `sample` are post-processing and 
 any number of times.
 
 Public functions (the lead's driver calls these):
-  make_config / FedmixConfig              the frozen configuration
+  make_config / DctGmmConfig              the frozen configuration
   basis(cfg)                              the public DCT basis B [H*W, d]
   client_stat(cfg, basis, model, x, y, mask) -> one vector [stat_size(cfg, K)]
   clip_user(vector, bound)                user level: one client's whole contribution clipped
@@ -34,12 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_gen.algorithms import fedmix_features as ff
+from fedjax_gen.algorithms import dct_gmm_features as ff
 from fedjax_gen.privacy import accounting
 
 
 @dataclasses.dataclass(frozen=True)
-class FedmixConfig:
+class DctGmmConfig:
     image_shape: tuple[int, int, int]
     num_classes: int
     dct_k: int = 14  # keep DCT atoms with u + v < dct_k (d = k (k + 1) / 2 for k <= H)
@@ -57,7 +57,7 @@ class FedmixConfig:
     cov_shrink: float = 0.0  # subtract cov_shrink x the release noise's spectral edge from eigenvalues
     temperature: float = 1.0  # sampling: covariance scaled by temperature^2 (post-processing)
     # Data-size rule (post-processing of round 1's noisy counts and the public noise std;
-    # docs/fedmix.md "Sizing the model"): `components` is then the maximum K (the upload's shape).
+    # docs/dct_gmm.md "Sizing the model"): `components` is then the maximum K (the upload's shape).
     auto_components: bool = False  # K_c = clip(floor(n_c / m), 1, K), m = max(rule_min_examples,
     rule_examples: float = 2.0  #   rule_examples x (later rounds' mean-noise std) x sqrt(d))
     rule_min_examples: float = 10.0
@@ -66,7 +66,7 @@ class FedmixConfig:
     rule_atoms: float = 0.8
     isotropic_rest: bool = True  # beyond the p_c atoms: the mean residual variance (False: cov_floor)
     combine_rounds: bool = False  # class counts (and K_c = 1 classes' means) averaged over releases
-    # Per-component covariance in the class's top-q principal subspace (rounds 2..R; docs/fedmix.md
+    # Per-component covariance in the class's top-q principal subspace (rounds 2..R; docs/dct_gmm.md
     # "Component covariances"): each later release also carries sum_i r_ik vech(w_i w_i^T), w_i the
     # example's coordinates on its class's q leading eigenvectors (clipped to norm 1 by the client).
     sub_rank: int = 0  # q; 0 = every component shares its class covariance ("tied")
@@ -75,13 +75,13 @@ class FedmixConfig:
     @property
     def dim(self) -> int:
         if self.image_shape[-1] != 1:
-            raise ValueError("fedmix supports one-channel images")
+            raise ValueError("dct_gmm supports one-channel images")
         h, w = self.image_shape[:2]  # atoms (u, v) with u < H, v < W, u + v < k
         return sum(max(0, min(w, self.dct_k - u)) for u in range(h))
 
     @property
     def sensitivity(self) -> float:
-        """Round 1's per-example L2 sensitivity (fedmix_features docstring)."""
+        """Round 1's per-example L2 sensitivity (dct_gmm_features docstring)."""
         return self.round_sensitivity(0)
 
     def round_sensitivity(self, r: int) -> float:
@@ -132,16 +132,16 @@ def isotropic(means, log_weights, class_log_probs, scale: float, sub_rank: int =
     return Mixture(means, log_weights, jnp.tile(scale * jnp.eye(d - q), (C, 1, 1)), class_log_probs, **sub)
 
 
-def basis(cfg: FedmixConfig) -> np.ndarray:
+def basis(cfg: DctGmmConfig) -> np.ndarray:
     return ff.dct_basis(cfg.image_shape[0], cfg.image_shape[1], cfg.dct_k)
 
 
-def stat_size(cfg: FedmixConfig, K: int, second: bool = True, sub: bool = False) -> int:
+def stat_size(cfg: DctGmmConfig, K: int, second: bool = True, sub: bool = False) -> int:
     d = cfg.dim
     return cfg.num_classes * (K * (d + 1) + (ff.num_moments(d) if second else 0) + (K * cfg.sub_moments if sub else 0))
 
 
-def unpack(cfg: FedmixConfig, vec, K: int, second: bool = True, sub: bool = False):
+def unpack(cfg: DctGmmConfig, vec, K: int, second: bool = True, sub: bool = False):
     """Flat vector -> (first [C, K, d + 1], second [C, d(d+1)/2] or None); with sub also the
     subspace second moments [C, K, q(q+1)/2] (a third element)."""
     C, d = cfg.num_classes, cfg.dim
@@ -198,7 +198,7 @@ def _responsibilities_sub(model: Mixture, u, y):
     return jax.nn.softmax(logits, axis=-1)
 
 
-def client_stat(cfg: FedmixConfig, basis_, model: Mixture | None, x_uint8, y, mask, second: bool | None = None):
+def client_stat(cfg: DctGmmConfig, basis_, model: Mixture | None, x_uint8, y, mask, second: bool | None = None):
     """One client's statistic: sum over its real examples of the per-example vector
     e_y (x) [r (x) [a, b u], vech(u u^T)]; padding (mask False) contributes exactly 0.
     model None (round 1): r = 1 for the single component; otherwise K = the model's components.
@@ -229,7 +229,7 @@ def clip_user(vec, bound: float):
     return vec * jnp.minimum(1.0, bound / jnp.maximum(norm, 1e-12))
 
 
-def per_client(cfg: FedmixConfig, basis_):
+def per_client(cfg: DctGmmConfig, basis_):
     """client_fn(model, client, key) -> vector, for the engine's map/sum over the client axis."""
 
     def fn(message, client, key):
@@ -240,7 +240,7 @@ def per_client(cfg: FedmixConfig, basis_):
     return fn
 
 
-def sum_clients(cfg: FedmixConfig, basis_, model, data, execution=None, chunk: int = 8):
+def sum_clients(cfg: DctGmmConfig, basis_, model, data, execution=None, chunk: int = 8):
     """Sum of client_stat over all clients of a padded ClientData, through the engine's
     chunked client-axis sum (clients with mask all False contribute 0)."""
     from fedjax_gen.federated import execution as ex
@@ -258,7 +258,7 @@ def sum_clients(cfg: FedmixConfig, basis_, model, data, execution=None, chunk: i
     return summer(model, data, ids, keys, keep).upload
 
 
-def calibrate(cfg: FedmixConfig, epsilon: float, delta: float, accountant: str = "pld") -> tuple[float, ...]:
+def calibrate(cfg: DctGmmConfig, epsilon: float, delta: float, accountant: str = "pld") -> tuple[float, ...]:
     """Noise multipliers (std / sensitivity) of the cfg.rounds releases, in the ratio
     sigma_r = sigma_eff / sqrt(w_r) (w = budget_split normalised). R Gaussian releases of
     multipliers sigma_r compose exactly to one Gaussian of multiplier
@@ -271,7 +271,7 @@ def calibrate(cfg: FedmixConfig, epsilon: float, delta: float, accountant: str =
     return tuple(float(z / math.sqrt(x)) for x in w)
 
 
-def ledger_releases(cfg: FedmixConfig, multipliers, prefix: str = "fedmix round"):
+def ledger_releases(cfg: DctGmmConfig, multipliers, prefix: str = "dct_gmm round"):
     """The ledger entries of the rounds run with `multipliers` (each its own sensitivity)."""
     from fedjax_gen.privacy.ledger import Release
 
@@ -283,7 +283,7 @@ def release(summed, noise_std: float, key):
     return summed + noise_std * jax.random.normal(key, summed.shape, summed.dtype)
 
 
-def round_noise_std(cfg: FedmixConfig, moment_noise_std: float, r: int) -> float:
+def round_noise_std(cfg: DctGmmConfig, moment_noise_std: float, r: int) -> float:
     """Noise std of round r's (0-based) release from round 1's (public): multipliers in the ratio
     sqrt(w_0 / w_r) of the normalised budget_split, times each round's sensitivity."""
     w = np.asarray(cfg.budget_split[: cfg.rounds], np.float64)
@@ -291,7 +291,7 @@ def round_noise_std(cfg: FedmixConfig, moment_noise_std: float, r: int) -> float
                  / cfg.round_sensitivity(0)) if r < len(w) else 0.0
 
 
-def num_components(cfg: FedmixConfig, class_counts, moment_noise_std: float = 0.0):
+def num_components(cfg: DctGmmConfig, class_counts, moment_noise_std: float = 0.0):
     """The data-size rule: components kept per class [C] from round 1's noisy class counts and
     the public noise std (post-processing). A component's mean is a noisy sum over its
     examples divided by their count, with error norm ~ s sqrt(d) / (b m) for m examples and
@@ -304,12 +304,12 @@ def num_components(cfg: FedmixConfig, class_counts, moment_noise_std: float = 0.
     return jnp.clip(jnp.floor(class_counts / m), 1, K).astype(jnp.int32)
 
 
-def covariance_atoms(cfg: FedmixConfig, class_counts, moment_noise_std: float = 0.0):
+def covariance_atoms(cfg: DctGmmConfig, class_counts, moment_noise_std: float = 0.0):
     """Atoms [C] of the covariance sub-basis (a zig-zag prefix): all d by default; cov_atoms
     fixed; auto: min(d, ceil(rule_atoms n_c / s_1)) (s_1: round 1's noise std; n_c / s_1 is the
     class's signal-to-noise: the noisy second moment's spectral noise ~ sqrt(2 p) s_1 / n_c grows
     with p while the per-atom variance falls), post-processing. rule_atoms chosen on digits and a
-    validation split of MNIST train (docs/fedmix.md)."""
+    validation split of MNIST train (docs/dct_gmm.md)."""
     d = cfg.dim
     if cfg.auto_cov_atoms and moment_noise_std > 0:
         p = jnp.ceil(cfg.rule_atoms * jnp.maximum(class_counts, 1.0) / moment_noise_std)
@@ -325,14 +325,14 @@ def _combine(estimates):
         tot[(...,) + (None,) * (estimates[0][0].ndim - 1)]
 
 
-def fit(cfg: FedmixConfig, released, K: int, second_moment=None, moment_noise_std: float = 0.0,
+def fit(cfg: DctGmmConfig, released, K: int, second_moment=None, moment_noise_std: float = 0.0,
         prev: Mixture | None = None, round_index: int = 0) -> Mixture:
     """M-step from a (noisy) released vector: weights and means per component, one covariance
     per class (within-component scatter pooled over the class), eigenvalues floored so the
     noisy matrix is a valid covariance. second_moment [C, T]: round 1's released second
     moment, for releases that carry only first moments. moment_noise_std: the (public) noise
     std of round 1's release (the second moment's); its symmetric noise matrix (off-diagonal std
-    noise / sqrt 2, fedmix_features.vech) has spectral edge ~ sqrt(2 d) noise, and
+    noise / sqrt 2, dct_gmm_features.vech) has spectral edge ~ sqrt(2 d) noise, and
     cfg.cov_shrink times that edge / n_c is subtracted from every eigenvalue. prev: the
     broadcast mixture of this round (None in round 1): its unused components (log weight NEG)
     stay unused; with cfg.combine_rounds its class counts (and the means of one-component
@@ -403,7 +403,7 @@ def _floored_chol(m, floor: float):
     return jnp.linalg.cholesky(jnp.einsum("...ij,...j,...kj->...ik", v, w, v))
 
 
-def _component_covariances(cfg: FedmixConfig, evals, evecs, prev, sub, n, mu, noise_std: float):
+def _component_covariances(cfg: DctGmmConfig, evals, evecs, prev, sub, n, mu, noise_std: float):
     """(rot, chol of the shared rest, sub_chol [C, K, q, q]) of the class covariances evecs
     diag(evals) evecs^T. Round 1 (sub None): rot = the eigenvectors, leading first, every
     component's subspace block the class's (the tied model in another basis). Later rounds: rot
@@ -444,7 +444,7 @@ def _component_noise(m: Mixture, labels, comp, z):
     return jnp.einsum("nde,ne->nd", m.rot[labels], e)
 
 
-def split(cfg: FedmixConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> Mixture:
+def split(cfg: DctGmmConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> Mixture:
     """Round-1 model (K = 1) -> K_c <= K components per class (num_components; the rest unused,
     log weight NEG): means drawn from N(mu, split_scale^2 Sigma) with the server's own key,
     equal weights (post-processing)."""
@@ -459,7 +459,7 @@ def split(cfg: FedmixConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> 
     return Mixture(means, log_w, m.chol, m.class_log_probs, m.rot, sub_chol)
 
 
-def sample(cfg: FedmixConfig, basis_, m: Mixture, labels, key) -> np.ndarray:
+def sample(cfg: DctGmmConfig, basis_, m: Mixture, labels, key) -> np.ndarray:
     """uint8 images [N, H, W, 1] for labels [N] drawn from the mixture (post-processing)."""
     labels = jnp.asarray(labels)
     kc, kz = jax.random.split(key)
@@ -473,7 +473,7 @@ def sample_labels(m: Mixture, n: int, key):
     return jax.random.categorical(key, m.class_log_probs, shape=(n,))
 
 
-def run_central(cfg: FedmixConfig, x_uint8, y, multipliers, key, stat_fn=None):
+def run_central(cfg: DctGmmConfig, x_uint8, y, multipliers, key, stat_fn=None):
     """The whole method on one data holder (the central reference of the federated sum; the
     federated driver replaces stat_fn(model) with sum_clients). multipliers: per round, 0 = no noise.
     Returns (mixture, list of released vectors)."""

@@ -1,4 +1,4 @@
-"""Fedmix: statistics, release, sums over the client axis, calibration, fit (tiny shapes)."""
+"""DctGmm: statistics, release, sums over the client axis, calibration, fit (tiny shapes)."""
 
 import dataclasses
 import math
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy.fft import dctn
 
-from fedjax_gen.algorithms import fedmix as fm
-from fedjax_gen.algorithms import fedmix_features as ff
+from fedjax_gen.algorithms import dct_gmm as fm
+from fedjax_gen.algorithms import dct_gmm_features as ff
 from fedjax_gen.data.padding import pad_clients
 
-CFG = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, clip=2.0, components=2, count_weight=0.5, mean_weight=2.0)
+CFG = fm.DctGmmConfig((8, 8, 1), 3, dct_k=4, clip=2.0, components=2, count_weight=0.5, mean_weight=2.0)
 
 
 def _data(n=40, seed=0):
@@ -146,7 +146,7 @@ def test_noise_std_matches_calibrated_multiplier():
 
 
 def test_uneven_split_keeps_total_epsilon():
-    cfg = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, budget_split=(2.0, 1.0, 1.0))
+    cfg = fm.DctGmmConfig((8, 8, 1), 3, dct_k=4, budget_split=(2.0, 1.0, 1.0))
     mults = fm.calibrate(cfg, 2.0, 1e-5, accountant="rdp")
     assert mults[0] < mults[1] == pytest.approx(mults[2])
     np.testing.assert_allclose(mults[0] ** -2 / mults[1] ** -2, 2.0)
@@ -158,7 +158,7 @@ def test_uneven_split_keeps_total_epsilon():
 def test_fit_recovers_class_moments():
     x, y = _data(300)
     b = jnp.asarray(fm.basis(CFG))
-    cfg = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, clip=2.0, cov_floor=1e-9, count_floor=0.0)
+    cfg = fm.DctGmmConfig((8, 8, 1), 3, dct_k=4, clip=2.0, cov_floor=1e-9, count_floor=0.0)
     m = fm.fit(cfg, fm.client_stat(cfg, b, None, x, y, jnp.ones(len(y), bool)), 1)
     u = _ref_u(x)
     for c in range(3):
@@ -183,7 +183,7 @@ def test_sample_draws_from_the_mixture():
 def test_data_size_rule_sizes_components_from_noisy_counts():
     """K_c = clip(floor(n_c / m), 1, K) with m = max(m0, c s sqrt(d) / b), s the later rounds' noise std
     (from round 1's: the ratio of sensitivities at an equal split); numpy reference."""
-    cfg = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, components=5, count_weight=0.5, auto_components=True,
+    cfg = fm.DctGmmConfig((8, 8, 1), 3, dct_k=4, components=5, count_weight=0.5, auto_components=True,
                           rule_examples=2.0, rule_min_examples=10.0)
     counts = jnp.array([3.0, 400.0, 50_000.0])
     s1 = 2.0
@@ -193,7 +193,7 @@ def test_data_size_rule_sizes_components_from_noisy_counts():
     want = np.clip(np.floor(np.asarray(counts) / m), 1, 5)
     np.testing.assert_array_equal(fm.num_components(cfg, counts, s1), want)
     assert list(np.asarray(fm.num_components(cfg, counts, 0.0))) == [1, 5, 5]  # noiseless: m0 only
-    fixed = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, components=5)
+    fixed = fm.DctGmmConfig((8, 8, 1), 3, dct_k=4, components=5)
     assert list(np.asarray(fm.num_components(fixed, counts, s1))) == [5, 5, 5]
     # split keeps K slots (the upload's shape) and marks the unused ones
     mix = fm.Mixture(jnp.zeros((3, 1, cfg.dim)), jnp.zeros((3, 1)), jnp.tile(jnp.eye(cfg.dim), (3, 1, 1)),
@@ -223,7 +223,7 @@ def test_covariance_sub_basis_and_isotropic_rest():
     """cov_atoms p: the fitted covariance is the empirical one on the first p atoms, zero
     across, and the mean residual variance (isotropic) beyond; auto p from counts / noise."""
     x, y = _data(300)
-    cfg = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, clip=2.0, cov_floor=1e-9, count_floor=0.0, cov_atoms=4)
+    cfg = fm.DctGmmConfig((8, 8, 1), 3, dct_k=4, clip=2.0, cov_floor=1e-9, count_floor=0.0, cov_atoms=4)
     b = jnp.asarray(fm.basis(cfg))
     m = fm.fit(cfg, fm.client_stat(cfg, b, None, x, y, jnp.ones(len(y), bool)), 1)
     u = _ref_u(x)
@@ -234,7 +234,7 @@ def test_covariance_sub_basis_and_isotropic_rest():
         np.testing.assert_allclose(cov[:4, 4:], 0.0, atol=1e-5)
         rest = np.mean(np.diag(ref)[4:])
         np.testing.assert_allclose(cov[4:, 4:], rest * np.eye(cfg.dim - 4), atol=1e-4)
-    auto = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, auto_cov_atoms=True, rule_atoms=0.5)
+    auto = fm.DctGmmConfig((8, 8, 1), 3, dct_k=4, auto_cov_atoms=True, rule_atoms=0.5)
     p = fm.covariance_atoms(auto, jnp.array([1.0, 7.0, 1e6]), 1.0)
     np.testing.assert_array_equal(p, [1, 4, auto.dim])  # ceil(0.5 n / s), clipped to [1, d]
     assert list(np.asarray(fm.covariance_atoms(auto, jnp.array([4.0]), 0.0))) == [auto.dim]  # no noise: all
@@ -243,7 +243,7 @@ def test_covariance_sub_basis_and_isotropic_rest():
 def test_combined_rounds_average_one_component_classes_by_inverse_variance():
     """combine_rounds: a one-component class's count and mean are the same sum in every round; the
     fit averages round 1's (via the broadcast mixture) and this round's by inverse variance."""
-    cfg = fm.FedmixConfig((8, 8, 1), 2, dct_k=3, components=2, count_weight=0.5, count_floor=0.0,
+    cfg = fm.DctGmmConfig((8, 8, 1), 2, dct_k=3, components=2, count_weight=0.5, count_floor=0.0,
                           combine_rounds=True, cov_floor=1e-9)
     d, C, K = cfg.dim, 2, 2
     s1 = 3.0
@@ -272,7 +272,7 @@ def test_combined_rounds_average_one_component_classes_by_inverse_variance():
 
 # ---- component covariances in the class's leading subspace (sub_rank q > 0) -------------------
 
-SUB = fm.FedmixConfig((8, 8, 1), 3, dct_k=4, clip=2.0, components=2, count_weight=0.5, mean_weight=2.0,
+SUB = fm.DctGmmConfig((8, 8, 1), 3, dct_k=4, clip=2.0, components=2, count_weight=0.5, mean_weight=2.0,
                       sub_rank=3, sub_weight=0.7)
 
 
@@ -345,7 +345,7 @@ def test_component_covariances_are_recovered_without_noise():
     the clusters' centres, and the noiseless M-step gives each component the responsibility-
     weighted covariance of the examples on the class subspace (numpy), each its own long axis."""
     rng = np.random.default_rng(0)
-    cfg = fm.FedmixConfig((8, 8, 1), 1, dct_k=3, clip=1e4, components=2, sub_rank=2, rounds=3,
+    cfg = fm.DctGmmConfig((8, 8, 1), 1, dct_k=3, clip=1e4, components=2, sub_rank=2, rounds=3,
                           count_floor=1.0, cov_floor=1e-12)
     d, basis = cfg.dim, fm.basis(cfg)
     offset = np.r_[1000.0, 0, 0, 0, 0, 0]  # DC: pixels ~ 125, so no clipping to [0, 255] (u = z / 255 / clip)
@@ -406,7 +406,7 @@ def test_component_covariances_without_later_rounds_are_refused_writing_nothing(
     from fedjax_gen import cli
 
     out = tmp_path / "never"
-    code = cli.run(cli.main_for("fedmix"), ["--clients", "5", "--em-rounds", "1", "--component-cov-rank", "4",
+    code = cli.run(cli.main_for("dct_gmm"), ["--clients", "5", "--em-rounds", "1", "--component-cov-rank", "4",
                                             "--no-progress", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1, err
@@ -426,7 +426,7 @@ def test_budget_split_releases_compose_to_the_requested_epsilon():
     from fedjax_gen.privacy.config import PrivacyConfig
 
     digits, counts = load_dataset("digits"), np.full(20, 60)
-    m = methods.get("fedmix")
+    m = methods.get("dct_gmm")
 
     def build(**opts):
         ctx = methods.BuildContext(digits, counts, m.Options(**opts), PrivacyConfig(unit="example", epsilon=1.0,

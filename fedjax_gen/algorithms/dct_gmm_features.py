@@ -1,4 +1,4 @@
-"""Fedmix's fixed, data-independent feature map: the lowest 2-D DCT frequencies of an image,
+"""DctGmm's fixed, data-independent feature map: the lowest 2-D DCT frequencies of an image,
 clipped, and the per-example sufficient-statistic vector built from them.
 
 basis(H, W, k): the orthonormal 2-D DCT-II atoms with u + v < k (zig-zag triangle), as a

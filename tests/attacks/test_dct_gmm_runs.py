@@ -1,5 +1,5 @@
-"""fedmix_active: the crafted broadcast isolates the target, cannot raise the sensitivity, and
-the attack on a tiny real fedmix run (experiments/fedmix.py -> experiments/attack.py) reports
+"""dct_gmm_active: the crafted broadcast isolates the target, cannot raise the sensitivity, and
+the attack on a tiny real dct_gmm run (experiments/dct_gmm.py -> experiments/attack.py) reports
 AUC ~1 without DP and at most the GDP bound (within sampling error) with it."""
 
 import dataclasses
@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_gen.algorithms import fedmix as fm
-from fedjax_gen.algorithms import fedmix_features as ff
-from fedjax_gen.attacks import fedmix_runs as fr
+from fedjax_gen.algorithms import dct_gmm as fm
+from fedjax_gen.algorithms import dct_gmm_features as ff
+from fedjax_gen.attacks import dct_gmm_runs as fr
 from fedjax_gen.data import load_dataset
 
-CFG = fm.FedmixConfig((8, 8, 1), 10, dct_k=6, clip=2.3, components=5, count_weight=0.3)
+CFG = fm.DctGmmConfig((8, 8, 1), 10, dct_k=6, clip=2.3, components=5, count_weight=0.3)
 
 
 def _digits():
@@ -93,14 +93,14 @@ def test_attack_on_tiny_runs_with_and_without_dp(tmp_path):
     out = {}
     for name, dp in (("nodp", []), ("dp", ["--dp", "example", "--epsilon", "1"])):
         run = str(tmp_path / name)
-        subprocess.run([sys.executable, os.path.join(root, "experiments", "fedmix.py"), "--dataset", "digits",
+        subprocess.run([sys.executable, os.path.join(root, "experiments", "dct_gmm.py"), "--dataset", "digits",
                         "--clients", "20", "--components", "5", "--num-synthetic", "100", "--tstr-steps", "10",
                         "--fid-classifier-steps", "10", "--save-uploads", "0", "--no-progress", "--out", run, *dp],
                        check=True, env=env, capture_output=True)
         subprocess.run([sys.executable, os.path.join(root, "experiments", "attack.py"), "--run", run, "--attacks",
-                        "fedmix_active", "--max-clients", "5"], check=True, env=env, capture_output=True)
+                        "dct_gmm_active", "--max-clients", "5"], check=True, env=env, capture_output=True)
         with open(os.path.join(run, "attack_results.json")) as f:
-            out[name] = json.load(f)["attacks"]["fedmix_active"]
+            out[name] = json.load(f)["attacks"]["dct_gmm_active"]
     assert out["nodp"]["clean"]["auc"] > 0.95
     dp = out["dp"]
     assert dp["noise_source"] == "run"

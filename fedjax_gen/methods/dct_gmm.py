@@ -1,6 +1,6 @@
-"""fedjax_gen's own method, fedmix: a class-conditional Gaussian mixture fitted by DP-EM
+"""fedjax_gen's own method, dct_gmm: a class-conditional Gaussian mixture fitted by DP-EM
 from at most three noisy sums of per-example clipped statistics in a fixed DCT basis
-(docs/fedmix.md). One dense vector per client per round; the release is the private
+(docs/dct_gmm.md). One dense vector per client per round; the release is the private
 artefact and any number of synthetic sets are post-processing of it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_gen.algorithms import fedmix as fm
+from fedjax_gen.algorithms import dct_gmm as fm
 from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
 from fedjax_gen.federated.algorithm import ClientOutput, FederatedAlgorithm
@@ -27,9 +27,9 @@ from fedjax_gen.run_dir import RunDir
 
 
 @validated
-class FedmixOptions(SecAggOptions):
+class DctGmmOptions(SecAggOptions):
     """Defaults: the configuration chosen on a validation split carved from MNIST's training
-    data (docs/fedmix.md), never on a test split."""
+    data (docs/dct_gmm.md), never on a test split."""
 
     dct_k: int = option(14, "keep the 2-D DCT atoms with u + v < K (d = K (K + 1) / 2 on 28x28)", min=1)
     coef_clip: typing.Optional[float] = option(None, "L2 clip of an example's DCT coefficients (pixels in [0, 1]; "
@@ -54,7 +54,7 @@ class FedmixOptions(SecAggOptions):
     budget: typing.Optional[float] = option(None, "the deployment's total epsilon (with --ledger)", gt=0.0)
 
 
-def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis, moment_std: float) -> tuple:
+def _algorithms(cfg: fm.DctGmmConfig, stds: tuple, basis, moment_std: float) -> tuple:
     """Round 1 (counts, means, second moments) and rounds 2..R (E-step statistics); the state
     is {"mixture": K components, "second": round 1's released second moment, "round"}.
     stds: the Gaussian noise the server adds per round (0 under secure aggregation, whose
@@ -64,7 +64,7 @@ def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis, moment_std: float) -> 
 
     def init(key):
         del key
-        from fedjax_gen.algorithms import fedmix_features as ff
+        from fedjax_gen.algorithms import dct_gmm_features as ff
 
         mix = fm.isotropic(jnp.zeros((C, K, d)), jnp.full((C, K), -math.log(K)), jnp.full((C,), -math.log(C)), 1.0,
                            cfg.sub_rank)
@@ -91,8 +91,8 @@ def _algorithms(cfg: fm.FedmixConfig, stds: tuple, basis, moment_std: float) -> 
             return {**state, "mixture": m, "round": state["round"] + 1}, {"examples": summed.weight}
         return server_update
 
-    first = FederatedAlgorithm("fedmix", init, lambda state: None, client_update, first_server)
-    later = tuple(FederatedAlgorithm("fedmix", init, lambda state: state["mixture"], client_update,
+    first = FederatedAlgorithm("dct_gmm", init, lambda state: None, client_update, first_server)
+    later = tuple(FederatedAlgorithm("dct_gmm", init, lambda state: state["mixture"], client_update,
                                      later_server(r)) for r in range(1, cfg.rounds))
     return first, later
 
@@ -123,7 +123,7 @@ AUTO_SPLIT_MAX_MULTIPLIER = 8.0  # auto's 2,1,1 up to this plan multiplier (eps 
 
 def _split(o, z: float = 0.0) -> tuple[float, ...]:
     """--budget-split as one positive weight per release (a bad value is a one-line error).
-    auto (validation split of MNIST train, docs/fedmix.md): 2,1,1 when the plan's noise
+    auto (validation split of MNIST train, docs/dct_gmm.md): 2,1,1 when the plan's noise
     multiplier z is at most AUTO_SPLIT_MAX_MULTIPLIER (+0.65 points at eps 1, neutral at eps
     10), equal above it (2,1,1 cost ~1 point at eps 0.2), without DP and under secure
     aggregation (one Skellam noise level for every release)."""
@@ -142,9 +142,9 @@ def _split(o, z: float = 0.0) -> tuple[float, ...]:
     return w
 
 
-def _config(o, ds, unit: str, p, z: float) -> fm.FedmixConfig:
-    """The fedmix configuration of the options: --components / --cov-atoms auto are the data-size
-    rules (fedmix.num_components / covariance_atoms), post-processing of round 1's release; z:
+def _config(o, ds, unit: str, p, z: float) -> fm.DctGmmConfig:
+    """The dct_gmm configuration of the options: --components / --cov-atoms auto are the data-size
+    rules (dct_gmm.num_components / covariance_atoms), post-processing of round 1's release; z:
     the plan's noise multiplier (0 without DP), for --budget-split auto."""
     k = _count(o, "components", "auto or a number >= 1")
     if str(o.cov_atoms).strip() == "all":
@@ -158,7 +158,7 @@ def _config(o, ds, unit: str, p, z: float) -> fm.FedmixConfig:
     if o.component_cov_rank and o.em_rounds < 2:
         raise InvalidValue("component_cov_rank", "{component_cov_rank} is released in rounds 2..R: add {em_rounds} 2 "
                                                  "or 3, or drop it")
-    cfg = fm.FedmixConfig(ds.image_shape, ds.num_classes, dct_k=min(o.dct_k, h + w - 1), clip=clip,
+    cfg = fm.DctGmmConfig(ds.image_shape, ds.num_classes, dct_k=min(o.dct_k, h + w - 1), clip=clip,
                           components=k or o.max_components, auto_components=k == 0, count_weight=o.count_weight,
                           rounds=o.em_rounds, budget_split=split, privacy_unit=unit,
                           user_clip=p.clip if unit == "user" else 0.0, temperature=o.temperature,
@@ -166,17 +166,17 @@ def _config(o, ds, unit: str, p, z: float) -> fm.FedmixConfig:
     return dataclasses.replace(cfg, sub_rank=min(o.component_cov_rank, cfg.dim))
 
 
-@register("fedmix")
-class Fedmix(Method):
-    Options = FedmixOptions
-    config_key = "fedmix_config"
+@register("dct_gmm")
+class DctGmm(Method):
+    Options = DctGmmOptions
+    config_key = "dct_gmm_config"
     units = ("example", "user")
     description = "DP-EM of a class-conditional Gaussian mixture from <= 3 noisy sums (fedjax_gen's own method)"
-    # Chosen on MNIST validation (docs/fedmix.md, eighth session): +4.0 TSTR points at eps 0.2, +2.7 to
+    # Chosen on MNIST validation (docs/dct_gmm.md, eighth session): +4.0 TSTR points at eps 0.2, +2.7 to
     # +3.5 at eps 1, +1.1 at eps 10; auto leaves images under 16 px alone (on the 8x8 digits it cost 4).
     run_defaults = {"augment": "auto"}
     # At user level (one Gaussian per class from a 1-round release) the same transform cost 8.7 points on
-    # MNIST validation (0.631 -> 0.544 at eps 1; docs/fedmix.md, ninth session): off by default there.
+    # MNIST validation (0.631 -> 0.544 at eps 1; docs/dct_gmm.md, ninth session): off by default there.
     unit_run_defaults = {"user": {"augment": "none"}}
     # The server's fit calls LAPACK (eigh, cholesky) inside the jitted round; replicated over a
     # multi-device XLA:CPU mesh (8 forced host devices) that round never finished (measured: a hang in
@@ -187,7 +187,7 @@ class Fedmix(Method):
     def _secure(o, ctx, cfg, plan, mechanism):
         """Secure aggregation of every round's sum: each upload is divided by its round's
         sensitivity, so the R releases are one mechanism (sensitivity 1) composed R times."""
-        from fedjax_gen.algorithms import fedmix_features as ff
+        from fedjax_gen.algorithms import dct_gmm_features as ff
 
         C, d, K = cfg.num_classes, cfg.dim, cfg.components
         user = cfg.privacy_unit == "user"
@@ -205,7 +205,7 @@ class Fedmix(Method):
     def build(self, ctx: BuildContext) -> Built:
         o, p, ds = ctx.options, ctx.privacy, ctx.dataset
         if ds.image_shape[-1] != 1:
-            raise InvalidValue("dataset", "fedmix supports one-channel images for now: pick a grayscale {dataset}")
+            raise InvalidValue("dataset", "dct_gmm supports one-channel images for now: pick a grayscale {dataset}")
         if o.em_rounds > 3:
             raise InvalidValue("em_rounds", "{em_rounds} is at most 3 (the design's communication budget)")
         if (o.ledger is None) != (o.budget is None):
@@ -215,7 +215,7 @@ class Fedmix(Method):
         unit = p.unit if p.private else "example"
         _config(o, ds, unit, p, 0.0)  # bad options are refused before the plan is computed
         # R adaptive Gaussian releases at multipliers z / sqrt(w_r) compose exactly to one Gaussian of
-        # multiplier z (fedmix.calibrate): the plan is that one release, every client in it (rate 1).
+        # multiplier z (dct_gmm.calibrate): the plan is that one release, every client in it (rate 1).
         mechanism = Mechanism(
             self.name, self.units, steps_param="epsilon",
             description=f"{o.em_rounds} Gaussian release(s) of summed per-{unit} clipped DCT statistics, "

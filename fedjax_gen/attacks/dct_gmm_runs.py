@@ -1,6 +1,6 @@
-"""Malicious-server membership attack on fedmix (a finished fedmix run).
+"""Malicious-server membership attack on dct_gmm (a finished dct_gmm run).
 
-  fedmix_active  the server crafts the mixture it broadcasts in rounds 2..R so that one
+  dct_gmm_active  the server crafts the mixture it broadcasts in rounds 2..R so that one
                  component of the target's class captures exactly the target example: the
                  attacked client's upload of that component is then ~[a, b u*] if the client
                  holds the target and ~0 if not, plus the release's noise.
@@ -16,7 +16,7 @@ over the crafted rounds the scores are summed (independent noise per round).
 
 Why it cannot beat DP: whatever the broadcast, the client clips (||u|| <= 1) and
 responsibilities sum to 1, so one example moves a round's upload by at most
-Delta_r = sqrt(a^2 + b^2) (docs/fedmix.md); with the round's noise sigma_r Delta_r the
+Delta_r = sqrt(a^2 + b^2) (docs/dct_gmm.md); with the round's noise sigma_r Delta_r the
 crafted rounds together are mu-GDP with mu = sqrt(sum_r sigma_r^-2) and no test, crafted or
 not, has AUC above Phi(mu / sqrt 2) (`gdp_bounds`, reported per view). The attack reaches
 that bound when the target's cell holds no other example of the client: v is then the exact
@@ -27,7 +27,7 @@ Views (the std of the Gaussian noise on the attacked client's crafted-round uplo
   share    sigma_r Delta_r / sqrt(clients): one client's share of distributed noise
   central  sigma_r Delta_r: the whole release noise on one client's upload, i.e. what secure
            aggregation leaks about a client whose co-clients are known (DP's worst case)
-A non-private run is attacked at the noise of --fedmix-epsilon (a what-if, as merf_*).
+A non-private run is attacked at the noise of --dct_gmm-epsilon (a what-if, as merf_*).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_gen.algorithms import fedmix as fm
-from fedjax_gen.algorithms import fedmix_features as ff
+from fedjax_gen.algorithms import dct_gmm as fm
+from fedjax_gen.algorithms import dct_gmm_features as ff
 from fedjax_gen.attacks.merf import gdp_bounds
 from fedjax_gen.attacks.merf_runs import auc_standard_error
 from fedjax_gen.attacks.metrics import mia_report
@@ -51,14 +51,14 @@ from fedjax_gen.privacy.accounting import calibrate_noise_multiplier
 
 
 @validated
-class FedmixAttackSettings(ClientSettings):
-    fedmix_epsilon: float = option(1.0, "fedmix_active on a non-private run: the what-if epsilon of the noisy "
+class DctGmmAttackSettings(ClientSettings):
+    dct_gmm_epsilon: float = option(1.0, "dct_gmm_active on a non-private run: the what-if epsilon of the noisy "
                                    "views", gt=0.0)
-    fedmix_scale: float = option(0.01, "fedmix_active: std s of the crafted components (sharpness of the cell)",
+    dct_gmm_scale: float = option(0.01, "dct_gmm_active: std s of the crafted components (sharpness of the cell)",
                                  gt=0.0)
 
 
-def target_scores(cfg: fm.FedmixConfig, basis, x_client, y_client, mask, x_query, y_query, public_x, public_y,
+def target_scores(cfg: fm.DctGmmConfig, basis, x_client, y_client, mask, x_query, y_query, public_x, public_y,
                   scale: float, batch: int = 64) -> np.ndarray:
     """Noiseless score per query [Q]: the client's (x_client [N, ...], mask [N]) crafted-round
     upload, component 0 of the query's class, projected on v = [a, b u*] / ||v||."""
@@ -67,7 +67,7 @@ def target_scores(cfg: fm.FedmixConfig, basis, x_client, y_client, mask, x_query
     upub = np.asarray(ff.clipped_coefficients(basis, jnp.asarray(public_x), cfg.clip))
     K, d = cfg.components, cfg.dim
     if K < 3:
-        raise UserError(f"fedmix_active needs a run with >= 3 components per class (this one has {K})")
+        raise UserError(f"dct_gmm_active needs a run with >= 3 components per class (this one has {K})")
     need = max(K - 3, 1)
     pubs = np.stack([_public_for(upub, public_y, c, uq[i], need) for i, c in enumerate(y_query)]) \
         if len(y_query) else np.zeros((0, need, d), np.float32)
@@ -95,7 +95,7 @@ def _public_for(upub, public_y, c, u_star, n):
     return pool[order[np.arange(n) % len(order)]]
 
 
-def crafted_mixture(cfg: fm.FedmixConfig, u_star, c_star, pub, scale: float = 0.01, lower: float = 0.99,
+def crafted_mixture(cfg: fm.DctGmmConfig, u_star, c_star, pub, scale: float = 0.01, lower: float = 0.99,
                     upper: float = 1.01, delta: float = 0.3) -> fm.Mixture:
     """The malicious broadcast for target u* [d] of class c_star (traceable: vmap over targets);
     pub [>= K - 3, d]: public look-alikes of the class for the decoys (module docstring).
@@ -130,18 +130,18 @@ def noise_multipliers(t, epsilon: float) -> tuple[tuple[float, ...], str]:
     return tuple(float(z / math.sqrt(x)) for x in w), source
 
 
-def attack(t, s: FedmixAttackSettings, key, seed: int) -> dict:
+def attack(t, s: DctGmmAttackSettings, key, seed: int) -> dict:
     cfg = t.config
     if cfg.rounds < 2:
-        raise UserError("fedmix_active crafts rounds 2..R: this run has --em-rounds 1 (nothing to craft)")
+        raise UserError("dct_gmm_active crafts rounds 2..R: this run has --em-rounds 1 (nothing to craft)")
     ds, owner = t.dataset, t.membership["train_client"]
     basis = jnp.asarray(fm.basis(cfg))
     rng = np.random.default_rng(seed)
     held = rng.permutation(t.membership["nonmembers"])
     pool, public = held[: len(held) // 2], held[len(held) // 2:]
     if not len(pool):
-        raise UserError("fedmix_active needs >= 2 held-out examples (non-member queries and public data)")
-    mults, source = noise_multipliers(t, s.fedmix_epsilon)
+        raise UserError("dct_gmm_active needs >= 2 held-out examples (non-member queries and public data)")
+    mults, source = noise_multipliers(t, s.dct_gmm_epsilon)
     crafted = list(range(1, cfg.rounds))
     stds = {r: mults[r] * cfg.round_sensitivity(r) for r in crafted}
     n_clients = int(t.saved.data.clients)
@@ -153,14 +153,14 @@ def attack(t, s: FedmixAttackSettings, key, seed: int) -> dict:
         ni = matched_nonmembers(rng, ds.y_train[mi], ds.y_test, pool)
         x_c, y_c = jnp.asarray(ds.x_train[mi]), jnp.asarray(ds.y_train[mi].astype(np.int32))
         mask = jnp.ones(len(mi), bool)
-        args = (ds.x_test[public], ds.y_test[public], s.fedmix_scale)
+        args = (ds.x_test[public], ds.y_test[public], s.dct_gmm_scale)
         mem_scores.append(target_scores(cfg, basis, x_c, y_c, mask, ds.x_train[mi], ds.y_train[mi].astype(np.int32),
                                         *args))
         non_scores.append(target_scores(cfg, basis, x_c, y_c, mask, ds.x_test[ni], ds.y_test[ni].astype(np.int32),
                                         *args))
     sm, sn = np.concatenate(mem_scores), np.concatenate(non_scores)
     out = {"noise_multipliers": list(mults), "noise_source": source, "crafted_rounds": [r + 1 for r in crafted],
-           "clients": len(ids), "scale": s.fedmix_scale,
+           "clients": len(ids), "scale": s.dct_gmm_scale,
            "whole_run_bound": gdp_bounds(1.0 / math.sqrt(sum(1.0 / m ** 2 for m in mults)), 1.0)
            if min(mults) > 0 else gdp_bounds(0.0)}
     for vi, (name, frac) in enumerate(views.items()):
@@ -180,7 +180,7 @@ def attack(t, s: FedmixAttackSettings, key, seed: int) -> dict:
     return out
 
 
-@register_attack("fedmix_active", applies_to={"fedmix"}, needs=(), settings=FedmixAttackSettings)
-def fedmix_active(ctx, s: FedmixAttackSettings, key):
+@register_attack("dct_gmm_active", applies_to={"dct_gmm"}, needs=(), settings=DctGmmAttackSettings)
+def dct_gmm_active(ctx, s: DctGmmAttackSettings, key):
     """Malicious server: a crafted rounds-2..R mixture isolating one target per client upload."""
     return attack(ctx.target, s, key, ctx.seed)

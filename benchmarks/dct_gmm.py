@@ -1,6 +1,6 @@
-"""Fedmix costs: client-side feature extraction + statistic per example (round 1 with the
+"""DctGmm costs: client-side feature extraction + statistic per example (round 1 with the
 second moment, rounds 2-3 with the E-step), server fit (M-step), sampling, and the synthetic
-set's transforms (--augment auto on 28x28). `python benchmarks/fedmix.py [--examples 2000] [--out FILE]`.
+set's transforms (--augment auto on 28x28). `python benchmarks/dct_gmm.py [--examples 2000] [--out FILE]`.
 Timings are steady state (after one compile call), median of --repeats; the machine's load is
 recorded because these numbers are only comparable on an idle machine."""
 
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_gen.algorithms import fedmix as fm
+from fedjax_gen.algorithms import dct_gmm as fm
 from fedjax_gen.data.augment import AUTO, augment_images
 
 
@@ -38,7 +38,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    cfg = fm.FedmixConfig((28, 28, 1), 10, dct_k=a.dct_k, components=a.components, sub_rank=a.component_cov_rank)
+    cfg = fm.DctGmmConfig((28, 28, 1), 10, dct_k=a.dct_k, components=a.components, sub_rank=a.component_cov_rank)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 256, (a.examples, 28, 28, 1)).astype(np.uint8))
     y = jnp.asarray(rng.integers(0, 10, a.examples).astype(np.int32))
