@@ -203,10 +203,12 @@ def _check_study_data(a) -> None:
     from fedjax_gen.data.partitions import partition
     from fedjax_gen.data.sources import load_dataset
 
-    labels = load_dataset(a.dataset, a.data_dir).y_train
-    labels = labels[: a.max_train] if a.max_train else labels
+    ds = load_dataset(a.dataset, a.data_dir)
+    labels, owners = ds.y_train, ds.clients_train
+    if a.max_train:
+        labels, owners = labels[: a.max_train], None if owners is None else owners[: a.max_train]
     for spec in (x.strip() for x in a.partitions.split(",")):
-        partition(labels, a.clients, spec, 0)
+        partition(labels, a.clients, spec, 0, owners)
 
 
 def compare_main(argv=None):

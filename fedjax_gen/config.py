@@ -105,7 +105,8 @@ class DataConfig:
                           "cifar10 | npz:PATH")
     data_dir: typing.Optional[str] = option(None, "tfds data dir (default: $TFDS_DATA_DIR, then tfds' default)")
     clients: int = option(100, "client population N", min=1)
-    partition: str = option("iid", "iid | dirichlet:ALPHA | shards:K | quantity:ALPHA")
+    partition: str = option("iid", "iid | dirichlet:ALPHA | shards:K | quantity:ALPHA | natural (the data's "
+                            "own owners, e.g. FEMNIST's writers; --clients at most their number)")
     max_examples_per_client: typing.Optional[int] = option(
         None, "cap on a client's examples (drops the rest; bounds padded memory)", min=1)
     max_train: typing.Optional[int] = option(None, "use a stratified subset of the training split", min=1)
@@ -139,8 +140,9 @@ class RunConfig:
                           resumable=True)
     from_checkpoint: typing.Optional[str] = option(None, "fork: start from another run's checkpoint with "
                                                    "these flags (RUN_DIR[:STEP])")
-    num_synthetic: int = option(2000, "size of synthetic.npz (0: all a method has, where it keeps uploads)", min=0,
-                                resumable=True)
+    num_synthetic: typing.Optional[int] = option(None, "size of synthetic.npz (default: the training split's size, "
+                                                 "as a release is free to sample; 0: all a method has, where it "
+                                                 "keeps uploads)", min=0, resumable=True)
     augment: str = option("none", "random label-preserving transforms of the synthetic set, drawn after the "
                           "method (post-processing: no privacy cost): none, auto (rotate:20,scale:0.2,shift:0.07,"
                           "elastic:0.05 on images of side >= 16 px: chosen on MNIST validation, it hurt on 8x8) or "

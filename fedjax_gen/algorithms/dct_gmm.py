@@ -71,6 +71,27 @@ class DctGmmConfig:
     # example's coordinates on its class's q leading eigenvectors (clipped to norm 1 by the client).
     sub_rank: int = 0  # q; 0 = every component shares its class covariance ("tied")
     sub_weight: float = 1.0  # c: weight of the subspace second moment in the per-example vector
+    # The clip from the data, privately (privacy/quantile.py; docs/dct_gmm.md "The clip"): a release
+    # before round 1 of a noisy histogram of the coefficient norms on a public grid, whose
+    # clip_quantile-quantile becomes the clip. 0: `clip` above is used as given.
+    clip_quantile: float = 0.0
+    clip_share: float = 0.0  # the histogram's share of the budget (of 1 / sigma^2); the rounds share the rest
+
+    @property
+    def norm_grid(self):
+        """The public grid of the clip's histogram: pixels in [0, 1] and an orthonormal basis
+        bound every coefficient norm by sqrt(H W); 64 bins down to sqrt(H W) / 128."""
+        from fedjax_gen.privacy.quantile import GeometricGrid
+
+        top = math.sqrt(self.image_shape[0] * self.image_shape[1])
+        return GeometricGrid(top / 128.0, top, 64)
+
+    def release_weights(self) -> tuple[float, tuple[float, ...]]:
+        """(the clip histogram's share, the rounds' shares) of 1 / sigma_eff^2, summing to 1
+        (the clip's is 0 when the clip is given): release r's multiplier is sigma_eff / sqrt(share)."""
+        w = np.asarray(self.budget_split[: self.rounds], np.float64)
+        clip = self.clip_share if self.clip_quantile > 0 else 0.0
+        return clip, tuple(float(x) for x in (1.0 - clip) * w / w.sum())
 
     @property
     def dim(self) -> int:
@@ -198,14 +219,16 @@ def _responsibilities_sub(model: Mixture, u, y):
     return jax.nn.softmax(logits, axis=-1)
 
 
-def client_stat(cfg: DctGmmConfig, basis_, model: Mixture | None, x_uint8, y, mask, second: bool | None = None):
+def client_stat(cfg: DctGmmConfig, basis_, model: Mixture | None, x_uint8, y, mask, second: bool | None = None,
+                clip=None):
     """One client's statistic: sum over its real examples of the per-example vector
     e_y (x) [r (x) [a, b u], vech(u u^T)]; padding (mask False) contributes exactly 0.
     model None (round 1): r = 1 for the single component; otherwise K = the model's components.
-    second (default: model is None) includes the second moment. Returns [stat_size(cfg, K, second)]."""
+    second (default: model is None) includes the second moment. clip: the released clip (a
+    traced scalar; default cfg.clip). Returns [stat_size(cfg, K, second)]."""
     second = (model is None) if second is None else second
     C = cfg.num_classes
-    u = ff.clipped_coefficients(basis_, x_uint8, cfg.clip)  # [B, d]
+    u = ff.clipped_coefficients(basis_, x_uint8, cfg.clip if clip is None else clip)  # [B, d]
     onehot = jax.nn.one_hot(y, C) * mask[:, None]  # [B, C]
     if model is None:
         r = jnp.ones((u.shape[0], 1))
@@ -221,6 +244,26 @@ def client_stat(cfg: DctGmmConfig, basis_, model: Mixture | None, x_uint8, y, ma
         sub = cfg.sub_weight * ff.vech(w[:, :, None] * w[:, None, :])  # [B, Q], norm ||w||^2 <= 1
         parts.append(jnp.einsum("bc,bk,bq->ckq", onehot, r, sub).reshape(-1))
     return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def norm_histogram(cfg: DctGmmConfig, basis_, x_uint8, mask):
+    """One client's upload for the clip: the histogram of its examples' coefficient norms on the
+    public grid (one one-hot per example: sensitivity 1 per example). At user level it is divided
+    by the client's count (its own distribution: L2 norm <= 1 per client)."""
+    from fedjax_gen.privacy import quantile as pq
+
+    x = x_uint8.reshape(x_uint8.shape[0], -1).astype(jnp.float32) / 255.0
+    h = pq.histogram(cfg.norm_grid, jnp.linalg.norm(x @ basis_, axis=-1), mask)
+    if cfg.privacy_unit == "user":
+        h = h / jnp.maximum(jnp.sum(mask), 1.0)
+    return h
+
+
+def released_clip(cfg: DctGmmConfig, noisy_histogram):
+    """The clip read off the noisy norm histogram (post-processing; traceable)."""
+    from fedjax_gen.privacy import quantile as pq
+
+    return pq.read_quantile(cfg.norm_grid, noisy_histogram, cfg.clip_quantile)
 
 
 def clip_user(vec, bound: float):
@@ -266,16 +309,19 @@ def calibrate(cfg: DctGmmConfig, epsilon: float, delta: float, accountant: str =
     w = np.asarray(cfg.budget_split[: cfg.rounds], np.float64)
     if len(w) != cfg.rounds or np.any(w <= 0):
         raise ValueError(f"budget_split needs {cfg.rounds} positive entries, got {cfg.budget_split}")
-    w = w / w.sum()
     z = accounting.calibrate_noise_multiplier(epsilon, delta, 1.0, 1, accountant)
-    return tuple(float(z / math.sqrt(x)) for x in w)
+    return tuple(float(z / math.sqrt(x)) for x in cfg.release_weights()[1])
 
 
-def ledger_releases(cfg: DctGmmConfig, multipliers, prefix: str = "dct_gmm round"):
-    """The ledger entries of the rounds run with `multipliers` (each its own sensitivity)."""
+def ledger_releases(cfg: DctGmmConfig, multipliers, clip_multiplier: float = 0.0, prefix: str = "dct_gmm"):
+    """The ledger entries of a run: the clip's histogram (when estimated: multiplier
+    clip_multiplier, sensitivity 1), then the rounds run with `multipliers` (each its own
+    sensitivity)."""
     from fedjax_gen.privacy.ledger import Release
 
-    return tuple(Release(f"{prefix} {r + 1}", float(z), cfg.round_sensitivity(r)) for r, z in enumerate(multipliers))
+    clip = (Release(f"{prefix} clip histogram", float(clip_multiplier), 1.0),) if cfg.clip_quantile > 0 else ()
+    return clip + tuple(Release(f"{prefix} round {r + 1}", float(z), cfg.round_sensitivity(r))
+                        for r, z in enumerate(multipliers))
 
 
 def release(summed, noise_std: float, key):
@@ -459,14 +505,15 @@ def split(cfg: DctGmmConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> 
     return Mixture(means, log_w, m.chol, m.class_log_probs, m.rot, sub_chol)
 
 
-def sample(cfg: DctGmmConfig, basis_, m: Mixture, labels, key) -> np.ndarray:
-    """uint8 images [N, H, W, 1] for labels [N] drawn from the mixture (post-processing)."""
+def sample(cfg: DctGmmConfig, basis_, m: Mixture, labels, key, clip=None) -> np.ndarray:
+    """uint8 images [N, H, W, 1] for labels [N] drawn from the mixture (post-processing);
+    clip: the released clip (default cfg.clip)."""
     labels = jnp.asarray(labels)
     kc, kz = jax.random.split(key)
     comp = jax.random.categorical(kc, m.log_weights[labels])  # [N]
     z = jax.random.normal(kz, (labels.shape[0], cfg.dim))
     u = m.means[labels, comp] + cfg.temperature * _component_noise(m, labels, comp, z)
-    return ff.decode(basis_, u, cfg.clip, cfg.image_shape)
+    return ff.decode(basis_, u, cfg.clip if clip is None else float(clip), cfg.image_shape)
 
 
 def sample_labels(m: Mixture, n: int, key):

@@ -32,7 +32,10 @@ A non-private run is attacked at the noise of --dct_gmm-epsilon (a what-if, as m
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -118,9 +121,7 @@ def crafted_mixture(cfg: fm.DctGmmConfig, u_star, c_star, pub, scale: float = 0.
 
 def noise_multipliers(t, epsilon: float) -> tuple[tuple[float, ...], str]:
     """Per-round noise multipliers of the run (or, non-private, calibrated for epsilon)."""
-    cfg = t.config
-    w = np.asarray(cfg.budget_split[: cfg.rounds], np.float64)
-    w = w / w.sum()
+    w = t.config.release_weights()[1]  # the rounds' shares (the clip histogram's, if any, is not crafted)
     plan = t.saved.raw.get("plan")
     if plan is not None and plan.get("noise_multiplier"):
         z, source = float(plan["noise_multiplier"]), "run"
@@ -130,8 +131,21 @@ def noise_multipliers(t, epsilon: float) -> tuple[tuple[float, ...], str]:
     return tuple(float(z / math.sqrt(x)) for x in w), source
 
 
-def attack(t, s: DctGmmAttackSettings, key, seed: int) -> dict:
+def released_config(t) -> fm.DctGmmConfig:
+    """The run's config with the clip its clients used: a privately estimated clip is a release
+    the server saw (results.json "clip"), the config holds only the grid's top until then."""
     cfg = t.config
+    if cfg.clip_quantile <= 0:
+        return cfg
+    path = t.run_dir.file("results.json")
+    clip = json.loads(open(path).read()).get("clip") if os.path.exists(path) else None
+    if clip is None:
+        raise UserError(f"{t.run_dir.path}: no released clip in results.json; finish the run (--resume) first")
+    return dataclasses.replace(cfg, clip=float(clip))
+
+
+def attack(t, s: DctGmmAttackSettings, key, seed: int) -> dict:
+    cfg = released_config(t)
     if cfg.rounds < 2:
         raise UserError("dct_gmm_active crafts rounds 2..R: this run has --em-rounds 1 (nothing to craft)")
     ds, owner = t.dataset, t.membership["train_client"]

@@ -17,6 +17,8 @@ class Dataset:
     """A labelled image dataset in host memory.
 
     x_*: uint8 [N, H, W, C] (the real data's own scale: 0..255); y_*: int32 [N].
+    clients_train: int [N_train], the client each training example belongs to where the data
+    names one (a writer, a device, a cell): `--partition natural` splits by it; None otherwise.
     """
 
     name: str
@@ -25,6 +27,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    clients_train: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

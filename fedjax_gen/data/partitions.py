@@ -1,7 +1,8 @@
-"""Splitting a training set among clients: `partition(labels, num_clients, spec, seed)`.
+"""Splitting a training set among clients: `partition(labels, num_clients, spec, seed, groups)`.
 
-Every example goes to exactly one client, every client gets at least one example, and the
-result depends only on (labels, num_clients, spec, seed). Specs:
+Every example goes to at most one client (exactly one, except `natural` with fewer clients than
+the data has owners), every client gets at least one example, and the result depends only on
+(labels, num_clients, spec, seed, groups). Specs:
 
 - `iid`: shuffle, then split into near-equal parts (sizes differ by at most 1).
 - `dirichlet:ALPHA` (label skew; Hsu et al. 2019, as in DENSE/FedLab): for each class, shuffle
@@ -15,6 +16,9 @@ result depends only on (labels, num_clients, spec, seed). Specs:
   p ~ Dir(ALPHA * 1) over clients, so every client has >= 1 example and the sizes sum to N.
   Small ALPHA puts most data on a few clients and leaves many with one or two examples (edge
   agents); large ALPHA approaches iid sizes.
+- `natural`: the data's own owners (`groups`: one id per example, e.g. FEMNIST's writer): each
+  client is one owner's examples. With fewer clients than owners, a seeded random draw of
+  `num_clients` owners takes part and the other owners' examples are unused.
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ import numpy as np
 
 from fedjax_gen.errors import UserError
 
-SPECS = ("iid", "dirichlet:ALPHA", "shards:K", "quantity:ALPHA")
+SPECS = ("iid", "dirichlet:ALPHA", "shards:K", "quantity:ALPHA", "natural")
 _MAX_DRAWS = 10  # dirichlet redraws before repairing empty clients by moving examples
 
 
-def partition(labels: np.ndarray, num_clients: int, spec: str, seed: int) -> list[np.ndarray]:
-    """labels: int [N] -> `num_clients` sorted int64 index arrays that partition range(N)."""
+def partition(labels: np.ndarray, num_clients: int, spec: str, seed: int,
+              groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """labels: int [N] -> `num_clients` sorted int64 index arrays that partition range(N)
+    (`natural`: a subset of it when there are more owners in `groups` than clients)."""
     labels = np.asarray(labels)
     n = len(labels)
     if num_clients < 1:
         raise UserError(f"--clients must be >= 1 (got {num_clients})")
+    if spec == "natural":
+        return _natural(groups, num_clients, np.random.default_rng(seed))
     if num_clients > n:
         raise UserError(f"--clients {num_clients} exceeds the {n} training examples: "
                         "use fewer --clients or a bigger dataset")
@@ -48,7 +56,7 @@ def partition(labels: np.ndarray, num_clients: int, spec: str, seed: int) -> lis
         parts = _quantity(n, num_clients, _positive_float(spec, arg), rng)
     else:
         raise UserError(f"unknown partition {spec!r}: use one of {', '.join(SPECS)} "
-                        "(e.g. dirichlet:0.5, shards:2, quantity:0.3)")
+                        "(e.g. dirichlet:0.5, shards:2, quantity:0.3, natural)")
     return [np.sort(p).astype(np.int64) for p in parts]
 
 
@@ -118,3 +126,17 @@ def _quantity(n, num_clients, alpha, rng) -> list[np.ndarray]:
     p = rng.dirichlet(np.full(num_clients, alpha))
     sizes = 1 + rng.multinomial(n - num_clients, p / p.sum())
     return np.split(rng.permutation(n), np.cumsum(sizes)[:-1])
+
+
+def _natural(groups, num_clients, rng) -> list[np.ndarray]:
+    if groups is None:
+        raise UserError("--partition natural needs a dataset that names each example's owner (an npz with "
+                        "client_train, or writer/client ids): use dirichlet:ALPHA, iid, shards:K or quantity:ALPHA")
+    owners, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    if num_clients > len(owners):
+        raise UserError(f"--clients {num_clients} exceeds the {len(owners)} owners the data names (--partition "
+                        f"natural): use --clients {len(owners)} or fewer")
+    chosen = np.sort(rng.choice(len(owners), num_clients, replace=False))
+    order = np.argsort(inverse, kind="stable")
+    by_owner = np.split(order, np.cumsum(np.bincount(inverse, minlength=len(owners)))[:-1])
+    return [by_owner[o] for o in chosen]

@@ -28,7 +28,10 @@ this itself when TensorFlow is installed, with tfds' default manual dir
 
 No tfds at all: save `x_train, y_train, x_test, y_test` with `np.savez(PATH, ...)` (images
 [N, H, W] or [N, H, W, C], uint8 0..255 or float in [0, 1]; integer labels 0..K-1) and use
-`--dataset npz:PATH`.
+`--dataset npz:PATH`. Data that comes split by its owners (a writer, a device) adds
+`client_train` (one integer id per training example), or is saved as one pool `x, y, split`
+(0 train, 1 test) with `writer` or `client` ids, as LEAF's federated EMNIST is; then
+`--partition natural` gives each owner its own client.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ def subsample(
         x_test=dataset.x_test[te],
         y_test=dataset.y_test[te],
         num_classes=dataset.num_classes,
+        clients_train=None if dataset.clients_train is None else dataset.clients_train[tr],
     )
 
 
@@ -107,7 +111,8 @@ def hold_out(dataset: Dataset, n: int) -> Dataset:
     held = _stratified_subset(dataset.y_train, n, np.random.default_rng(VALIDATION_SEED), "--validation")
     rest = np.setdiff1d(np.arange(len(dataset.y_train)), held)
     return Dataset(name=dataset.name, x_train=dataset.x_train[rest], y_train=dataset.y_train[rest],
-                   x_test=dataset.x_train[held], y_test=dataset.y_train[held], num_classes=dataset.num_classes)
+                   x_test=dataset.x_train[held], y_test=dataset.y_train[held], num_classes=dataset.num_classes,
+                   clients_train=None if dataset.clients_train is None else dataset.clients_train[rest])
 
 
 def _stratified_subset(y: np.ndarray, k: int | None, rng, flag: str) -> np.ndarray:
@@ -151,24 +156,30 @@ def _load_digits() -> Dataset:
 # --- npz ----------------------------------------------------------------------------------
 
 
+_CLIENT_KEYS = ("client_train", "writer", "client")  # a training example's client id, where the file names one
+
+
 def _load_npz(name: str, path: str) -> Dataset:
+    """Two layouts: x_train, y_train, x_test, y_test (optionally client_train), or one pool
+    x, y, split (0 train, 1 test) with a client id per example in `writer` or `client` (LEAF's
+    federated EMNIST layout); `label_names`, where present, fixes the number of classes."""
     p = Path(path).expanduser()
     if not path or not p.is_file():
         raise UserError(f"--dataset {name}: no such file; give an existing .npz path")
     try:
         with np.load(p, allow_pickle=False) as f:
-            missing = [k for k in _NPZ_KEYS if k not in f.files]
-            if missing:
-                raise UserError(
-                    f"{p}: missing arrays {', '.join(missing)}; save it with "
-                    "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
-                )
-            arrays = {k: f[k] for k in _NPZ_KEYS}
-    except UserError:
-        raise
+            arrays = {k: f[k] for k in f.files}
     except Exception as e:  # not a zip / pickled objects / truncated file
         raise UserError(f"{p}: cannot read as .npz ({type(e).__name__}: {e}); "
                         "save it with np.savez and no object arrays") from e
+    if all(k in arrays for k in ("x", "y", "split")) and not all(k in arrays for k in _NPZ_KEYS):
+        arrays = _pooled_to_splits(p, arrays)
+    missing = [k for k in _NPZ_KEYS if k not in arrays]
+    if missing:
+        raise UserError(
+            f"{p}: missing arrays {', '.join(missing)}; save it with "
+            "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
 
     xs = {s: _npz_images(p, s, arrays[f"x_{s}"]) for s in ("train", "test")}
     ys = {s: _npz_labels(p, s, arrays[f"y_{s}"], len(xs[s])) for s in ("train", "test")}
@@ -181,7 +192,38 @@ def _load_npz(name: str, path: str) -> Dataset:
         raise UserError(f"{p}: x_train is empty; it needs at least one example")
     x_train, x_test = _npz_to_uint8(p, xs["train"], xs["test"])
     num_classes = int(max(ys["train"].max(initial=0), ys["test"].max(initial=0))) + 1
-    return Dataset(name, x_train, ys["train"], x_test, ys["test"], num_classes)
+    if "label_names" in arrays:
+        if len(arrays["label_names"]) < num_classes:
+            raise UserError(f"{p}: label_names has {len(arrays['label_names'])} names but the labels reach "
+                            f"{num_classes - 1}; give one name per class")
+        num_classes = len(arrays["label_names"])
+    clients = arrays.get("client_train")
+    if clients is not None:
+        clients = np.asarray(clients)
+        if clients.shape != (len(x_train),) or not np.issubdtype(clients.dtype, np.integer):
+            raise UserError(f"{p}: client_train must be integers, one per training example ({len(x_train)}), "
+                            f"got {clients.dtype} {clients.shape}")
+        clients = clients.astype(np.int64)
+    return Dataset(name, x_train, ys["train"], x_test, ys["test"], num_classes, clients_train=clients)
+
+
+def _pooled_to_splits(p: Path, arrays: dict) -> dict:
+    """x, y, split (0 train, 1 test) and an optional client id -> the x_train ... layout."""
+    split = np.asarray(arrays["split"])
+    n = len(arrays["x"])
+    if split.shape != (n,) or not np.isin(split, (0, 1)).all():
+        raise UserError(f"{p}: split must hold 0 (train) or 1 (test) for each of the {n} examples")
+    out = {f"x_{s}": arrays["x"][split == v] for s, v in (("train", 0), ("test", 1))}
+    out.update({f"y_{s}": np.asarray(arrays["y"])[split == v] for s, v in (("train", 0), ("test", 1))})
+    for key in _CLIENT_KEYS[1:]:
+        if key in arrays:
+            if np.shape(arrays[key]) != (n,):
+                raise UserError(f"{p}: {key} must give one client id per example ({n})")
+            out["client_train"] = np.asarray(arrays[key])[split == 0]
+            break
+    if "label_names" in arrays:
+        out["label_names"] = arrays["label_names"]
+    return out
 
 
 def _npz_images(p: Path, split: str, x: np.ndarray) -> np.ndarray:

@@ -32,8 +32,13 @@ class DctGmmOptions(SecAggOptions):
     data (docs/dct_gmm.md), never on a test split."""
 
     dct_k: int = option(14, "keep the 2-D DCT atoms with u + v < K (d = K (K + 1) / 2 on 28x28)", min=1)
-    coef_clip: typing.Optional[float] = option(None, "L2 clip of an example's DCT coefficients (pixels in [0, 1]; "
-                                               "default 8 sqrt(H W / 784), i.e. 8 on 28x28, a public choice)", gt=0.0)
+    coef_clip: typing.Optional[float] = option(None, "L2 clip of an example's DCT coefficients (pixels in [0, 1]); "
+                                               "default: estimated privately (--clip-quantile)", gt=0.0)
+    clip_quantile: float = option(0.5, "without --coef-clip: the clip is this quantile of the coefficient norms, "
+                                  "read off a noisy histogram released before round 1 (its own release, accounted)",
+                                  gt=0.0, lt=1.0)
+    clip_share: float = option(0.05, "the clip histogram's share of the budget (of 1 / sigma^2; equal to every "
+                               "round's under secure aggregation)", gt=0.0, lt=1.0)
     components: str = option("auto", "mixture components per class after round 1: auto (sized per class from "
                              "round 1's noisy class counts and the noise std, at most --max-components; "
                              "post-processing) or a number")
@@ -54,11 +59,13 @@ class DctGmmOptions(SecAggOptions):
     budget: typing.Optional[float] = option(None, "the deployment's total epsilon (with --ledger)", gt=0.0)
 
 
-def _algorithms(cfg: fm.DctGmmConfig, stds: tuple, basis, moment_std: float) -> tuple:
-    """Round 1 (counts, means, second moments) and rounds 2..R (E-step statistics); the state
-    is {"mixture": K components, "second": round 1's released second moment, "round"}.
-    stds: the Gaussian noise the server adds per round (0 under secure aggregation, whose
-    clients add it); moment_std: the noise std on the released second moment (public)."""
+def _algorithms(cfg: fm.DctGmmConfig, stds: tuple, basis, moment_std: float, clip_std: float) -> tuple:
+    """The clip's histogram (when estimated), round 1 (counts, means, second moments) and rounds
+    2..R (E-step statistics); the state is {"mixture": K components, "second": round 1's released
+    second moment, "clip": the clip, "round"}. stds: the Gaussian noise the server adds per round
+    (0 under secure aggregation, whose clients add it); moment_std: the noise std on the released
+    second moment (public); clip_std: the noise on the histogram. Clients receive the clip with
+    every broadcast: {"clip"} in round 1, {"clip", "mixture"} later."""
     C, d, K = cfg.num_classes, cfg.dim, cfg.components
     user = cfg.privacy_unit == "user"
 
@@ -68,10 +75,23 @@ def _algorithms(cfg: fm.DctGmmConfig, stds: tuple, basis, moment_std: float) -> 
 
         mix = fm.isotropic(jnp.zeros((C, K, d)), jnp.full((C, K), -math.log(K)), jnp.full((C,), -math.log(C)), 1.0,
                            cfg.sub_rank)
-        return {"mixture": mix, "second": jnp.zeros((C, ff.num_moments(d))), "round": jnp.int32(0)}
+        return {"mixture": mix, "second": jnp.zeros((C, ff.num_moments(d))), "clip": jnp.float32(cfg.clip),
+                "round": jnp.int32(0)}
 
-    def client_update(message, client, key):  # round 1: message None (second moments); later: the mixture
-        v = fm.client_stat(cfg, basis, message, client.x, client.y, client.mask, second=message is None)
+    def histogram_update(message, client, key):
+        del message, key
+        return ClientOutput(fm.norm_histogram(cfg, basis, client.x, client.mask),
+                            jnp.sum(client.mask).astype(jnp.float32), {})
+
+    def histogram_server(state, summed, num_sampled, key):
+        released = fm.release(summed.upload, clip_std, key)
+        return {**state, "clip": fm.released_clip(cfg, released), "round": state["round"] + 1}, \
+            {"examples": summed.weight}
+
+    def client_update(message, client, key):
+        model = message.get("mixture")
+        v = fm.client_stat(cfg, basis, model, client.x, client.y, client.mask, second=model is None,
+                           clip=message["clip"])
         v = fm.clip_user(v, cfg.user_clip) if user else v
         return ClientOutput(v, jnp.sum(client.mask).astype(jnp.float32), {})
 
@@ -81,7 +101,7 @@ def _algorithms(cfg: fm.DctGmmConfig, stds: tuple, basis, moment_std: float) -> 
         m = fm.fit(cfg, released, 1, moment_noise_std=moment_std)
         m = fm.split(cfg, m, k_split, moment_std) if cfg.rounds > 1 else _pad_components(m, K)
         second = fm.unpack(cfg, released, 1)[1]
-        return {"mixture": m, "second": second, "round": state["round"] + 1}, {"examples": summed.weight}
+        return {**state, "mixture": m, "second": second, "round": state["round"] + 1}, {"examples": summed.weight}
 
     def later_server(r):
         def server_update(state, summed, num_sampled, key):
@@ -91,10 +111,13 @@ def _algorithms(cfg: fm.DctGmmConfig, stds: tuple, basis, moment_std: float) -> 
             return {**state, "mixture": m, "round": state["round"] + 1}, {"examples": summed.weight}
         return server_update
 
-    first = FederatedAlgorithm("dct_gmm", init, lambda state: None, client_update, first_server)
-    later = tuple(FederatedAlgorithm("dct_gmm", init, lambda state: state["mixture"], client_update,
-                                     later_server(r)) for r in range(1, cfg.rounds))
-    return first, later
+    rounds = [FederatedAlgorithm("dct_gmm", init, lambda state: {"clip": state["clip"]}, client_update,
+                                 first_server)]
+    rounds += [FederatedAlgorithm("dct_gmm", init, lambda state: {"clip": state["clip"], "mixture": state["mixture"]},
+                                  client_update, later_server(r)) for r in range(1, cfg.rounds)]
+    if cfg.clip_quantile > 0:
+        rounds.insert(0, FederatedAlgorithm("dct_gmm", init, lambda state: None, histogram_update, histogram_server))
+    return rounds[0], tuple(rounds[1:])
 
 
 def _pad_components(m: fm.Mixture, K: int) -> fm.Mixture:
@@ -153,7 +176,10 @@ def _config(o, ds, unit: str, p, z: float) -> fm.DctGmmConfig:
         atoms = _count(o, "cov_atoms", "auto, all or a number >= 1")
         auto_atoms = atoms == 0
     h, w = ds.image_shape[:2]
-    clip = o.coef_clip if o.coef_clip is not None else 8.0 * math.sqrt(h * w / 784.0)
+    # Without --coef-clip the clip is released (norm_histogram); until then, and in the config, the
+    # largest norm pixels in [0, 1] allow (sqrt(H W)), which clips nothing.
+    clip = o.coef_clip if o.coef_clip is not None else math.sqrt(h * w)
+    estimated = o.coef_clip is None
     split = _split(o, z)
     if o.component_cov_rank and o.em_rounds < 2:
         raise InvalidValue("component_cov_rank", "{component_cov_rank} is released in rounds 2..R: add {em_rounds} 2 "
@@ -162,7 +188,9 @@ def _config(o, ds, unit: str, p, z: float) -> fm.DctGmmConfig:
                           components=k or o.max_components, auto_components=k == 0, count_weight=o.count_weight,
                           rounds=o.em_rounds, budget_split=split, privacy_unit=unit,
                           user_clip=p.clip if unit == "user" else 0.0, temperature=o.temperature,
-                          cov_atoms=atoms, auto_cov_atoms=auto_atoms, combine_rounds=True)
+                          cov_atoms=atoms, auto_cov_atoms=auto_atoms, combine_rounds=True,
+                          clip_quantile=o.clip_quantile if estimated else 0.0,
+                          clip_share=(1.0 / (o.em_rounds + 1) if o.secagg else o.clip_share) if estimated else 0.0)
     return dataclasses.replace(cfg, sub_rank=min(o.component_cov_rank, cfg.dim))
 
 
@@ -197,7 +225,7 @@ class DctGmm(Method):
         bound = float(ctx.num_clients) if user else float(np.sum(ctx.counts)) + 1.0  # entries <= 1 per record
         return secure_sum.plan(o, ctx, plan, mechanism, dim=max(first, later), l2_sensitivity=1.0,
                                support=max(first, later) if user else support, value_bound=bound,
-                               cohort=ctx.num_clients, rounds=cfg.rounds,
+                               cohort=ctx.num_clients, rounds=cfg.rounds + (cfg.clip_quantile > 0),
                                description=f"{cfg.rounds} distributed Skellam release(s) of securely aggregated "
                                            f"per-{cfg.privacy_unit} clipped DCT statistics, each divided by its "
                                            f"round's sensitivity (add/remove one {cfg.privacy_unit})")
@@ -216,16 +244,20 @@ class DctGmm(Method):
         _config(o, ds, unit, p, 0.0)  # bad options are refused before the plan is computed
         # R adaptive Gaussian releases at multipliers z / sqrt(w_r) compose exactly to one Gaussian of
         # multiplier z (dct_gmm.calibrate): the plan is that one release, every client in it (rate 1).
+        clip_release = "a histogram of coefficient norms (the clip), then " if o.coef_clip is None else ""
         mechanism = Mechanism(
             self.name, self.units, steps_param="epsilon",
-            description=f"{o.em_rounds} Gaussian release(s) of summed per-{unit} clipped DCT statistics, "
-                        "composing to one Gaussian of the plan's multiplier (add/remove one " + unit + ")")
+            description=f"{clip_release}{o.em_rounds} Gaussian release(s) of summed per-{unit} clipped DCT "
+                        "statistics, composing to one Gaussian of the plan's multiplier (add/remove one " + unit + ")")
         plan = plan_for(p, mechanism, ctx.counts)
         z = plan.noise_multiplier if plan else 0.0
         cfg = _config(o, ds, unit, p, z)  # auto's budget split depends on z
-        w = np.asarray(cfg.budget_split, np.float64) / np.sum(cfg.budget_split)  # exact: sum_r w_r / z^2 = 1 / z^2
+        clip_w, w = cfg.release_weights()  # exact: (clip_w + sum_r w_r) / z^2 = 1 / z^2
         multipliers = tuple(float(z / math.sqrt(x)) for x in w)
+        clip_multiplier = float(z / math.sqrt(clip_w)) if clip_w else 0.0
         stds = tuple(m * cfg.round_sensitivity(r) for r, m in enumerate(multipliers))
+        clip_std = clip_multiplier * 1.0  # the histogram's sensitivity is 1 (fm.norm_histogram)
+        estimated = cfg.clip_quantile > 0
         ledger = None
         if o.secagg and len(set(cfg.budget_split)) > 1:
             raise InvalidValue("budget_split", "secure aggregation composes its releases as one Skellam mechanism at one "
@@ -235,8 +267,8 @@ class DctGmm(Method):
                                          "{ledger} (or {secure_aggregation})")
         request = charged = None
         if o.ledger is not None:  # an unusable ledger or an over-budget request is refused before anything runs
-            request = pledger.Request(o.ledger, tuple(fm.ledger_releases(cfg, multipliers)), unit, p.delta, o.budget,
-                                      deployment=os.path.basename(o.ledger))
+            request = pledger.Request(o.ledger, tuple(fm.ledger_releases(cfg, multipliers, clip_multiplier)), unit,
+                                      p.delta, o.budget, deployment=os.path.basename(o.ledger))
             out = getattr(ctx.run, "out", None)
             resumed = RunDir(out).run_id if out and getattr(ctx.run, "resume", False) else None
             ledger = pledger.preflight(request, run=out, run_id=resumed)
@@ -247,17 +279,23 @@ class DctGmm(Method):
         secure = self._secure(o, ctx, cfg, plan, mechanism)
         if secure is not None:  # clients add the noise (Skellam shares): none from the server
             noise = secure.noise_std  # on the sum of uploads divided by their round's sensitivity
-            stds, moment_std = (0.0,) * cfg.rounds, noise * cfg.round_sensitivity(0)
+            stds, moment_std, clip_std = (0.0,) * cfg.rounds, noise * cfg.round_sensitivity(0), 0.0
         else:
             moment_std = stds[0]
         basis = jnp.asarray(fm.basis(cfg))
-        first, later = _algorithms(cfg, stds, basis, moment_std)
+        first, later = _algorithms(cfg, stds, basis, moment_std, clip_std)
+        releases = ([{"release": "clip: noisy histogram of coefficient norms", "noise_multiplier": clip_multiplier,
+                      "sensitivity": 1.0, "quantile": cfg.clip_quantile}] if estimated else []) + \
+                   [{"release": f"round {r + 1}: clipped DCT statistics", "noise_multiplier": m,
+                     "sensitivity": cfg.round_sensitivity(r)} for r, m in enumerate(multipliers)]
 
         def release(state, key):
             led = charged.get("ledger", ledger) if charged is not None else None
             sees = ("masked uploads (secure aggregation, results.json secure_aggregation)" if secure else
                     "the sum of the uploads (secure aggregation assumed, not run: add --secure-aggregation secagg)")
             return state, {"noise_std_per_round": list(stds), "noise_multipliers": list(multipliers),
+                           "releases": releases, "clip": None if state is None else float(state["clip"]),
+                           "clip_estimated": estimated,
                            "ledger": o.ledger, "ledger_epsilon": pledger.epsilon(led) if led else None,
                            "server_sees": sees}
 
@@ -266,16 +304,22 @@ class DctGmm(Method):
             m = state["mixture"]
             labels = np.arange(n, dtype=np.int32) % cfg.num_classes  # balanced, as the other methods
             x = np.concatenate([np.asarray(fm.sample(cfg, basis, m, labels[i:i + 5000],
-                                                     jax.random.fold_in(k_sample, i)))
+                                                     jax.random.fold_in(k_sample, i), clip=state["clip"]))
                                 for i in range(0, n, 5000)])
             return x, labels
 
+        aggregate = ()
+        if secure:  # every upload divided by its release's sensitivity (the histogram's is 1)
+            aggregate = ((secure.aggregator(1.0),) if estimated else ()) + tuple(
+                secure.aggregator(cfg.round_sensitivity(r)) for r in range(cfg.rounds))
         return Built(
-            algorithm=first, later_rounds=later, rounds=cfg.rounds, config=cfg, mechanism=mechanism, plan=plan,
+            algorithm=first, later_rounds=later, rounds=cfg.rounds + estimated, config=cfg, mechanism=mechanism,
+            plan=plan,
             synthesize=synthesize, release=release, secure=secure, fresh_noise=request is not None,
             before_rounds=before_rounds if request is not None else None,
-            aggregate=tuple(secure.aggregator(cfg.round_sensitivity(r)) for r in range(cfg.rounds)) if secure else (),
+            aggregate=aggregate,
             results=lambda state, dataset: {"dim": cfg.dim, "components": cfg.components, "em_rounds": cfg.rounds,
+                                            "clip": None if state is None else float(state["clip"]),
                                             "components_used": None if state is None else [int(k) for k in np.sum(
                                                 np.asarray(state["mixture"].log_weights) > 0.5 * fm.NEG, axis=1)],
                                             "noise_std_per_round": list(stds)})

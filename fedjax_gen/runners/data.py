@@ -69,7 +69,7 @@ def data_layout(data) -> dict:
 def prepare_federated_data(cfg: DataConfig) -> FederatedData:
     """Loads, subsamples and partitions the data; validates everything, writes nothing."""
     dataset = load_dataset(cfg)
-    parts = fdata.partition(dataset.y_train, cfg.clients, cfg.partition, cfg.seed)
+    parts = fdata.partition(dataset.y_train, cfg.clients, cfg.partition, cfg.seed, dataset.clients_train)
     parts = fdata.cap_parts(parts, cfg.max_examples_per_client, cfg.seed)
     return FederatedData(dataset, parts)
 

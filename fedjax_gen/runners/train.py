@@ -462,7 +462,8 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
     job, built, run = s.job, s.built, s.job.run
     ds = s.fed.dataset
     t_export = time.time()
-    x, y = _synthesize(s, state, run.num_synthetic, s.keys["eval"])
+    n = len(ds.y_train) if run.num_synthetic is None else run.num_synthetic
+    x, y = _synthesize(s, state, n, s.keys["eval"])
     export(run_dir, ds, x, y)
     export_seconds = time.time() - t_export
     evaluation, scoring_seconds = scored(ds, x, y, s.keys["eval"], run)

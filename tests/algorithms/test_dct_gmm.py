@@ -435,8 +435,13 @@ def test_budget_split_releases_compose_to_the_requested_epsilon():
         return m.build(ctx)
 
     built = build(budget_split="4,1,1")
-    mult = built.release(None, None)[1]["noise_multipliers"]
-    assert mult[0] < mult[1] == pytest.approx(mult[2]) and mult[1] / mult[0] == pytest.approx(2.0)
+    releases = built.release(None, None)[1]["releases"]  # the clip's histogram, then the three rounds
+    assert [r["release"].split(":")[0] for r in releases] == ["clip", "round 1", "round 2", "round 3"]
+    mult = [r["noise_multiplier"] for r in releases]
+    assert mult[1] < mult[2] == pytest.approx(mult[3]) and mult[2] / mult[1] == pytest.approx(2.0)
+    assert mult[1:] == built.release(None, None)[1]["noise_multipliers"]
+    # the clip's share of 1 / z^2 is --clip-share (0.05): z / sqrt(0.05)
+    assert mult[0] == pytest.approx(built.plan.noise_multiplier / math.sqrt(0.05))
     event = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z) for z in mult])
     eps = []
     for e in (event, dp_accounting.GaussianDpEvent(built.plan.noise_multiplier)):

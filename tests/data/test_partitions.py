@@ -101,3 +101,30 @@ def test_errors_name_the_fix(num_clients, spec, match):
     with pytest.raises(UserError, match=match) as e:
         partition(LABELS, num_clients, spec, seed=0)
     assert "\n" not in str(e.value)
+
+
+OWNERS = np.random.default_rng(7).integers(0, 40, len(LABELS))  # 40 owners of uneven size
+
+
+def test_natural_gives_each_client_one_owners_examples():
+    parts = partition(LABELS, 40, "natural", seed=0, groups=OWNERS)
+    assert sorted(int(OWNERS[p[0]]) for p in parts) == list(range(40))  # every owner once
+    for p in parts:  # exactly that owner's examples, against a direct scan
+        np.testing.assert_array_equal(p, np.flatnonzero(OWNERS == OWNERS[p[0]]))
+
+
+def test_natural_with_fewer_clients_draws_whole_owners_by_seed():
+    a = partition(LABELS, 12, "natural", seed=1, groups=OWNERS)
+    b = partition(LABELS, 12, "natural", seed=2, groups=OWNERS)
+    owners_a = [set(OWNERS[p].tolist()) for p in a]
+    assert all(len(o) == 1 for o in owners_a) and len(set.union(*owners_a)) == 12
+    assert owners_a != [set(OWNERS[p].tolist()) for p in b]
+    for p in a:
+        np.testing.assert_array_equal(p, np.flatnonzero(OWNERS == OWNERS[p[0]]))
+
+
+def test_natural_refusals_name_the_fix():
+    with pytest.raises(UserError, match="use --clients 40 or fewer"):
+        partition(LABELS, 41, "natural", seed=0, groups=OWNERS)
+    with pytest.raises(UserError, match="needs a dataset that names each example's owner"):
+        partition(LABELS, 10, "natural", seed=0)

@@ -265,3 +265,48 @@ def test_validation_split_is_carved_from_training_data_the_same_for_every_seed()
     assert len(a.y_test) == 200 and len(a.y_train) == len(load_dataset("digits").y_train) - 200
     with pytest.raises(InvalidValue, match="validation"):
         run_dataset(DataConfig(validation=len(a.y_train) + 200))
+
+
+def test_npz_pooled_layout_with_owners_keeps_each_training_example_with_its_owner(tmp_path):
+    """LEAF's layout (x, y, split, writer): train/test by split, owners follow their examples
+    through --max-train and --validation, and label_names fixes the class count."""
+    from fedjax_gen.data import hold_out, subsample
+
+    rng = np.random.default_rng(0)
+    n = 400
+    x = np.arange(n, dtype=np.int32).view(np.uint8).reshape(n, 2, 2)  # each image carries its index
+    y, writer, split = rng.integers(0, 5, n), rng.integers(100, 120, n), (rng.random(n) < 0.2).astype(int)
+    path = tmp_path / "pooled.npz"
+    np.savez(path, x=x, y=y, writer=writer, split=split, label_names=np.array(list("abcdefg")))
+    d = load_dataset(f"npz:{path}")
+    index = lambda a: a.reshape(len(a), -1).copy().view(np.int32)[:, 0]
+    np.testing.assert_array_equal(index(d.x_train), np.flatnonzero(split == 0))
+    np.testing.assert_array_equal(index(d.x_test), np.flatnonzero(split == 1))
+    np.testing.assert_array_equal(d.clients_train, writer[split == 0])
+    assert d.num_classes == 7
+    for sub in (subsample(d, 150, None, seed=3), hold_out(d, 50)):
+        np.testing.assert_array_equal(sub.clients_train, writer[index(sub.x_train)])
+
+
+def test_npz_bad_owner_ids_are_refused(tmp_path):
+    path = tmp_path / "pooled.npz"
+    np.savez(path, x=np.zeros((6, 4, 4), np.uint8), y=np.zeros(6, int), split=np.array([0, 0, 0, 0, 1, 2]),
+             writer=np.arange(6))
+    with pytest.raises(UserError, match="split must hold 0"):
+        load_dataset(f"npz:{path}")
+    with pytest.raises(UserError, match="client_train must be integers"):
+        load_dataset(save(tmp_path, client_train=np.arange(5)))
+
+
+FEMNIST = SHARED / "femnist_subset" / "femnist_leaf_sf005_subset.npz"
+
+
+@pytest.mark.skipif(not FEMNIST.is_file(), reason=f"FEMNIST subset not found at {FEMNIST}")
+def test_femnist_subset_splits_by_writer():
+    from fedjax_gen.data import partition
+
+    d = load_dataset(f"npz:{FEMNIST}")
+    check_dataset(d, (28, 28, 1), 62)
+    parts = partition(d.y_train, 105, "natural", 0, d.clients_train)
+    assert len(parts) == 105 and sum(map(len, parts)) == len(d.y_train)
+    assert all(len(np.unique(d.clients_train[p])) == 1 for p in parts)

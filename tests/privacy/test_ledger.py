@@ -2,6 +2,7 @@
 as a locked transaction charged before any release, and noise that never repeats under it."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -85,6 +86,22 @@ def test_dct_gmm_ledger_entries_carry_each_rounds_sensitivity():
     assert entries[0].sensitivity > entries[1].sensitivity  # round 1 also carries the second moment
     led = L.charge(L.Ledger("d", "example", 1e-5, 1.0), *entries)
     assert L.epsilon(led) == pytest.approx(_direct(list(z)), rel=1e-6) and L.epsilon(led) <= 1.0
+
+
+def test_the_private_clip_is_charged_with_the_rounds_and_they_compose_to_the_epsilon():
+    """The clip's histogram is a release of its own (sensitivity 1, multiplier z / sqrt(share));
+    with the rounds' it composes to exactly the requested epsilon (dp_accounting's PLD)."""
+    cfg = fm.DctGmmConfig((8, 8, 1), 2, dct_k=3, count_weight=0.3, clip_quantile=0.5, clip_share=0.1,
+                          budget_split=(2.0, 1.0, 1.0))
+    z_eff = fm.accounting.calibrate_noise_multiplier(1.0, 1e-5, 1.0, 1, "pld")
+    rounds = fm.calibrate(cfg, 1.0, 1e-5)
+    entries = fm.ledger_releases(cfg, rounds, z_eff / math.sqrt(0.1))
+    assert [e.name for e in entries] == ["dct_gmm clip histogram"] + [f"dct_gmm round {r}" for r in (1, 2, 3)]
+    assert entries[0].sensitivity == 1.0
+    assert sum(e.noise_multiplier ** -2 for e in entries) == pytest.approx(z_eff ** -2)  # the shares sum to 1
+    led = L.charge(L.Ledger("d", "example", 1e-5, 2.0), *entries)
+    assert L.epsilon(led) == pytest.approx(1.0, abs=0.02)
+    assert L.epsilon(led) == pytest.approx(_direct([e.noise_multiplier for e in entries]), rel=1e-6)
 
 
 # --- the ledger file as a transaction --------------------------------------------------------
@@ -242,7 +259,8 @@ def test_two_cli_requests_at_once_never_exceed_the_budget(tmp_path):
     refused = next(o for p, o in zip(procs, outs) if p.returncode == 2)
     assert len(refused[1].strip().splitlines()) == 1 and "budget" in refused[1]
     led = L.load(path)
-    assert L.epsilon(led) <= 2.0 and len(led.releases) == 1
+    assert L.epsilon(led) <= 2.0 and len(led.releases) == 2  # the winner's clip histogram and round 1
+    assert [r.name for r in led.releases] == ["dct_gmm clip histogram", "dct_gmm round 1"]
     assert sorted(a.status for a in led.attempts) == ["charged", "refused"]
     assert sorted(os.path.exists(tmp_path / f"run{i}" / "results.json") for i in range(2)) == [False, True]
     assert sum(os.path.exists(tmp_path / f"run{i}") for i in range(2)) == 1

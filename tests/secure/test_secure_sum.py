@@ -108,13 +108,15 @@ def test_dct_gmm_secagg_composes_its_releases_in_skellam_at_the_gaussian_noise(d
     counts = np.full(20, 60)
     built = _build("dct_gmm", digits, PrivacyConfig(unit="example", epsilon=1.0), counts, components=2)
     plan = built.secure.skellam
-    assert plan.compositions == built.rounds == 3 and plan.l2_sensitivity == 1.0
-    assert built.secure.epsilons(3)[-1] <= 1.0 + 1e-9 and len(built.aggregate) == 3
+    # the clip's histogram and the three rounds: four releases at one noise level
+    assert plan.compositions == built.rounds == 4 and plan.l2_sensitivity == 1.0
+    assert built.config.clip_share == pytest.approx(0.25)
+    assert built.secure.epsilons(4)[-1] <= 1.0 + 1e-9 and len(built.aggregate) == 4
     # each round's std (x its sensitivity) is the Gaussian split's sigma_r Delta_r, up to the
     # Skellam's small extra noise for the same epsilon
     gauss = np.array(built.results(None, digits)["noise_std_per_round"])
     assert np.all(gauss == 0.0)  # the server adds none
-    ref = built.plan.noise_multiplier * math.sqrt(3)
+    ref = built.plan.noise_multiplier * math.sqrt(4)
     assert plan.gaussian_std == pytest.approx(ref, rel=0.05) and plan.gaussian_std >= ref * 0.999
     assert plan.value_bound == pytest.approx(counts.sum() + 1)
     with pytest.raises(InvalidValue):  # the ledger composes Gaussians only
