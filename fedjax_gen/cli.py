@@ -53,15 +53,14 @@ def worded(error: UserError, method) -> UserError:
     return out
 
 
-def _add_flags(group, cls, defaults: dict, unit_defaults: dict | None = None) -> None:
+def _add_flags(group, cls, defaults: dict) -> None:
     types = fconfig.field_types(cls)
     for f in dataclasses.fields(cls):
         base, _ = types[f.name]
         default = defaults.get(f.name, f.default)
         m = f.metadata
         names = [fconfig.flag_name(f), *m.get("aliases", ())]
-        per_unit = "".join(f"; {u} level: {d[f.name]}" for u, d in (unit_defaults or {}).items() if f.name in d)
-        shown = "" if default is None else f" (default: {default}{per_unit})"
+        shown = "" if default is None else f" (default: {default})"
         extra = f" [{' | '.join(m['choices'])}]" if m.get("choices") else ""
         if base is bool:
             if m.get("negate"):
@@ -81,8 +80,7 @@ def build_parser(method, description: str, algorithms: tuple = ()) -> argparse.A
         p.add_argument("--algorithm", default=argparse.SUPPRESS,
                        help=f"{' | '.join(algorithms)} (default: {algorithms[0]})")
     for name, cls in _classes(method):
-        _add_flags(p.add_argument_group(name), cls, method.run_defaults if name == "run" else {},
-                   method.unit_run_defaults if name == "run" else None)
+        _add_flags(p.add_argument_group(name), cls, method.run_defaults if name == "run" else {})
     return p
 
 
@@ -108,7 +106,7 @@ def parse(method_name: str, argv, description: str = "", algorithms: tuple = ())
         if "unit" not in given and len(method.units) == 1 and (
                 given.get("epsilon") is not None or given.get("noise_multiplier") is not None):
             given["unit"] = method.units[0]
-        values = {**method.run_defaults_for(given.get("unit")), **given}  # typed flags win
+        values = {**method.run_defaults, **given}  # typed flags win
         configs = {sec: _build(cls, values) for sec, cls in _classes(method)}
         return Job(name, **configs), None
     if not given.get("out"):
@@ -198,13 +196,35 @@ def evaluate_main(argv=None):
     return evaluate_run(a.run, a.mode, a.progress)
 
 
+_STUDY_TABLE = ("label_column", "test_csv", "columns_file", "schema", "kinds", "drop_columns", "holdout")
+
+
+def _study_table(a) -> dict:
+    """The table flags a study passes to every cell's DataConfig (those given)."""
+    return {k: getattr(a, k) for k in _STUDY_TABLE if getattr(a, k) is not None}
+
+
 def _check_study_data(a) -> None:
     """The study's dataset loads and each --partitions spec partitions it for --clients."""
+    import numpy as np
+
+    from fedjax_gen.data import table_source
     from fedjax_gen.data.partitions import partition
     from fedjax_gen.data.sources import load_dataset
 
-    ds = load_dataset(a.dataset, a.data_dir)
-    labels, owners = ds.y_train, ds.clients_train
+    if table_source.is_table(a.dataset):
+        try:
+            table, _ = table_source.read_table(fconfig.DataConfig(dataset=a.dataset, **_study_table(a)))
+        except UserError as e:  # worded with the study's flags (the same names as the experiments')
+            raise UserError(e.render(lambda field: "--" + field.replace("_", "-"))) from None
+        j = table.schema.label_index
+        labels, owners = np.unique([r[j] for r in table.train_rows], return_inverse=True)[1], None
+    else:
+        if _study_table(a):
+            raise UserError(f"--{next(iter(_study_table(a))).replace('_', '-')} applies to tables: use it with "
+                            "--dataset csv:PATH")
+        ds = load_dataset(a.dataset, a.data_dir)
+        labels, owners = ds.y_train, ds.clients_train
     if a.max_train:
         labels, owners = labels[: a.max_train], None if owners is None else owners[: a.max_train]
     for spec in (x.strip() for x in a.partitions.split(",")):
@@ -226,6 +246,11 @@ def compare_main(argv=None):
     p.add_argument("--validation", type=int, default=0, help="score every run on this many training examples "
                                                               "held out (for tuning; 0: the test split)")
     p.add_argument("--partitions", default="dirichlet:0.1", help="comma-separated partition specs")
+    for name in _STUDY_TABLE:  # a table (--dataset csv:PATH): the experiments' own flags, for every cell
+        f = next(f for f in dataclasses.fields(fconfig.DataConfig) if f.name == name)
+        p.add_argument(fconfig.flag_name(f), dest=name, default=None, type=float if name == "holdout" else str,
+                       help=f.metadata["help"])
+    p.add_argument("--positive-labels", default=None, help="csv: the label levels of the binary TSTR variant")
     p.add_argument("--methods", default=None, help=f"comma-separated (default: all registered: "
                                                    f"{', '.join(methods.names())})")
     p.add_argument("--budgets", default=None, help="epsilons; 'none' is the non-private run (default: "
@@ -291,11 +316,13 @@ def compare_main(argv=None):
     if seeds < 1 or a.clients < 1:
         raise UserError("--seeds and --clients must be >= 1")
     _check_study_data(a)  # every cell would refuse them: refused before the study folder exists
-    s = study.Study(root=a.out or os.path.join("runs", f"compare-{a.dataset}"), dataset=a.dataset, clients=a.clients,
+    tag = a.dataset if ":" not in a.dataset else "csv-" + os.path.basename(a.dataset).split(".")[0]  # a path
+    s = study.Study(root=a.out or os.path.join("runs", f"compare-{tag}"), dataset=a.dataset, clients=a.clients,
                     partitions=tuple(x.strip() for x in a.partitions.split(",")), methods=names, budgets=budgets,
                     seeds=seeds, scale=scale, data_dir=a.data_dir, max_train=a.max_train,
                     uplinks=uplinks, validation=a.validation, augment=None if a.augment == "method" else a.augment,
-                    attack_queries=a.attack_queries, attack=a.attack, eval_mode=a.eval_mode)
+                    attack_queries=a.attack_queries, attack=a.attack, eval_mode=a.eval_mode,
+                    table=tuple(sorted(_study_table(a).items())), positive_labels=a.positive_labels)
     cells = s.cells()
     if a.list_jobs:
         print(len(cells))

@@ -102,7 +102,7 @@ def validated(cls):
 @validated
 class DataConfig:
     dataset: str = option("digits", "digits (embedded, no download) | mnist | fashion_mnist | emnist | "
-                          "cifar10 | npz:PATH")
+                          "cifar10 | npz:PATH | csv:PATH (a labelled table, .csv or .csv.gz: see --label-column)")
     data_dir: typing.Optional[str] = option(None, "tfds data dir (default: $TFDS_DATA_DIR, then tfds' default)")
     clients: int = option(100, "client population N", min=1)
     partition: str = option("iid", "iid | dirichlet:ALPHA | shards:K | quantity:ALPHA | natural (the data's "
@@ -116,6 +116,24 @@ class DataConfig:
                              "replace the test split for TSTR, FID and attacks; the run trains on the rest. "
                              "For choosing hyper-parameters without touching the test split (0: the test split)",
                              min=0)
+    # Tables (--dataset csv:PATH; data/table_source.py).
+    label_column: typing.Optional[str] = option(None, "csv: the class column (default: the --schema file's "
+                                                "\"label\")")
+    test_csv: typing.Optional[str] = option(None, "csv: the test records (same columns); default: a stratified "
+                                            "--holdout of the training file")
+    columns_file: typing.Optional[str] = option(None, "csv: the files have no header row; this text file names "
+                                                "the columns, one a line (nsl_kdd: the shipped NSL-KDD names)")
+    schema: typing.Optional[str] = option(None, "csv: a public schema (JSON: per column its kind and, where public, "
+                                          "its range lo/hi or vocabulary; nsl_kdd: the shipped one). Columns it "
+                                          "leaves open are estimated privately under DP (charged), from the data "
+                                          "without DP")
+    kinds: typing.Optional[str] = option(None, "csv: force column kinds, COLUMN=numeric|categorical,...")
+    drop_columns: typing.Optional[str] = option(None, "csv: comma-separated columns to leave out")
+    holdout: float = option(0.2, "csv without --test-csv: the stratified fraction of the training records held "
+                            "out as the test split", gt=0.0, lt=1.0)
+    encoding_share: float = option(0.1, "csv under example-level DP: the share of the budget (of 1 / sigma^2) the "
+                                   "table encoding's private releases take (ranges, vocabularies, class "
+                                   "histogram); the method's noise is calibrated for the rest", gt=0.0, lt=1.0)
 
 
 @validated
@@ -145,11 +163,15 @@ class RunConfig:
                                                  "keeps uploads)", min=0, resumable=True)
     augment: str = option("none", "random label-preserving transforms of the synthetic set, drawn after the "
                           "method (post-processing: no privacy cost): none, auto (rotate:20,scale:0.2,shift:0.07,"
-                          "elastic:0.05 on images of side >= 16 px: chosen on MNIST validation, it hurt on 8x8) or "
+                          "elastic:0.05 on images of side >= 16 px: chosen on MNIST validation, it hurt on 8x8 digits and on "
+                          "FEMNIST) or "
                           "rotate:DEG,scale:S,shift:T,elastic:E[,smooth:L][,min_side:PX] (sizes as fractions of "
                           "the image side)", resumable=True)
     tstr_steps: typing.Optional[int] = option(None, "classifier steps for TSTR (default: metrics' own)", min=1,
                                               resumable=True)
+    positive_labels: typing.Optional[str] = option(
+        None, "csv: comma-separated label levels scored as one class against the rest (binary TSTR, e.g. normal); "
+        "default: a level named normal or benign (case-insensitive) if there is one", resumable=True)
     fid_classifier_steps: int = option(1000, "training steps of the FID domain classifier (cached per dataset "
                                        "and steps)", min=1, resumable=True)
     eval_mode: str = option("full", "scoring at the end of the run: full (TSTR over the recipe's 3 classifier "

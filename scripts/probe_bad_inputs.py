@@ -160,6 +160,37 @@ def cases(root: str, run: str, quick: bool = False) -> list[Case]:
         Case("dct_gmm: corrupt checkpoint data", "method:dct_gmm",
              ("--resume", "--out", os.path.join(root, "corrupt_ckpt")), copy_run("corrupt_ckpt", _corrupt)),
     ]
+    # tables (--dataset csv:PATH): bad files and flags, refused methods, budgets the encoding cannot meet
+    table = os.path.join(root, "table.csv")
+    tab = ("--dataset", f"csv:{table}", "--label-column", "label", "--clients", "6", "--no-progress", "--out", out)
+    with_table = lambda more=None: (lambda r: (_write(os.path.join(r, "table.csv"), _TABLE),
+                                               more(r) if more else None))
+    cs += [
+        Case("table: DENSE refuses a table", "method:dense", tab, with_table()),
+        Case("table: DOSFL refuses a table", "method:dosfl", tab, with_table()),
+        Case("table: missing CSV", "method:dp_merf", tab),
+        Case("table: ragged CSV", "method:dp_merf", tab,
+             lambda r: _write(os.path.join(r, "table.csv"), "a,b,label\n1,2,x\n3,4\n")),
+        Case("table: a file with no records", "method:dct_gmm", tab,
+             lambda r: _write(os.path.join(r, "table.csv"), "proto,count,label\n")),
+        Case("table: --label-column on an image dataset", "method:dp_merf", SMALL + ("--label-column", "label",
+                                                                                     "--out", out)),
+        Case("table: unknown --label-column", "method:dp_merf", tab + ("--label-column", "klass"), with_table()),
+        Case("table: bad --kinds", "method:dp_merf", tab + ("--kinds", "rate=text"), with_table()),
+        Case("table: --schema of another table", "method:dct_gmm", tab + ("--schema", "nsl_kdd"), with_table()),
+        Case("table: schema file that is not JSON", "method:dct_gmm", tab + ("--schema", os.path.join(root, "s.json")),
+             with_table(lambda r: _write(os.path.join(r, "s.json"), "{oops"))),
+        Case("table: --columns-file of another table", "method:dp_merf", tab + ("--columns-file", "nsl_kdd"),
+             with_table()),
+        Case("table: --augment on a table", "method:dct_gmm", tab + ("--augment", "rotate:10"), with_table()),
+        Case("table: unknown --positive-labels", "method:dp_merf", tab + ("--positive-labels", "nrm"), with_table()),
+        Case("table: user-level DP without a full schema", "method:dct_gmm", tab + ("--dp", "user", "--epsilon", "1"),
+             with_table()),
+        Case("table: a budget the private encoding cannot meet", "method:dp_merf", tab + ("--epsilon", "0.01"),
+             with_table()),
+        Case("table: --model dcgan on a table", "method:fedgan", tab + ("--model", "dcgan", "--clients-per-round", "3"),
+             with_table()),
+    ]
     # attack / audit / compare / evaluate
     trunc = lambda d: _write(os.path.join(d, "results.json"), open(os.path.join(run, "results.json")).read()[:50])
     cs += [
@@ -186,6 +217,12 @@ def cases(root: str, run: str, quick: bool = False) -> list[Case]:
         Case("evaluate: missing run", "evaluate", (os.path.join(root, "missing"),)),
     ]
     return cs
+
+
+# A tiny labelled table (60 records): a categorical, a count, a rate, three classes.
+_TABLE = "proto,count,rate,label\n" + "".join(
+    f"{('tcp', 'udp', 'icmp')[i % 3]},{(i * 37) % 500},{(i % 10) / 10:.1f},{('normal', 'dos', 'probe')[i % 3]}\n"
+    for i in range(60))
 
 
 def _corrupt(run_dir: str) -> None:

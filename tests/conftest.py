@@ -42,6 +42,49 @@ def _cache_dir(tmp_path_factory):
     yield
 
 
+TABLE_HEADER = ("proto", "bytes", "rate", "flag", "label")
+
+
+def table_rows(n: int, seed: int) -> list[list[str]]:
+    """Records of a tiny labelled table: two categoricals, a heavy-tailed count, a 2-decimal
+    rate, three classes that the features separate (normal, dos, probe)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        label = str(rng.choice(["normal", "dos", "probe"], p=[0.5, 0.3, 0.2]))
+        proto = "tcp" if label == "dos" else str(rng.choice(["tcp", "udp", "icmp"]))
+        count = int(rng.exponential(1000 if label == "normal" else 50))
+        rate = float(rng.uniform(0.8, 1) if label == "probe" else rng.uniform(0, 1))
+        rows.append([proto, str(count), f"{rate:.2f}", "x" if rng.random() < 0.5 else "y", label])
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_table(tmp_path_factory):
+    """(train.csv, test.csv) paths of a tiny table (600 / 200 records, a header row)."""
+    import csv
+
+    root = tmp_path_factory.mktemp("table")
+    paths = []
+    for name, n, seed in (("train.csv", 600, 0), ("test.csv", 200, 1)):
+        with open(root / name, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(TABLE_HEADER)
+            w.writerows(table_rows(n, seed))
+        paths.append(str(root / name))
+    return tuple(paths)
+
+
+@pytest.fixture
+def nsl_kdd_dir():
+    path = SHARED_DATA / "nsl_kdd"
+    if not (path / "KDDTrain+.txt.gz").exists():
+        pytest.skip(f"NSL-KDD test data not found at {path} (../shared/data is absent)")
+    return path
+
+
 @pytest.fixture
 def mnist_dir():
     path = SHARED_DATA / "tfds"

@@ -33,7 +33,9 @@ def test_quick_matrix_is_clean():
     names = {case for case, _, _ in results}
     assert {"dct_gmm: ledger that is not JSON", "dct_gmm: a request raising the ledger's budget",
             "dct_gmm: corrupt checkpoint data", "compare: --collect over a user's "
-            "report.html", "dct_gmm: --temperature inf", "audit: truncated results.json"} <= names
+            "report.html", "dct_gmm: --temperature inf", "audit: truncated results.json",
+            "table: DENSE refuses a table", "table: DOSFL refuses a table", "table: ragged CSV",
+            "table: a budget the private encoding cannot meet"} <= names
     assert len(results) > 40
 
 

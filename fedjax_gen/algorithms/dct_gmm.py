@@ -71,19 +71,44 @@ class DctGmmConfig:
     # example's coordinates on its class's q leading eigenvectors (clipped to norm 1 by the client).
     sub_rank: int = 0  # q; 0 = every component shares its class covariance ("tied")
     sub_weight: float = 1.0  # c: weight of the subspace second moment in the per-example vector
-    # The clip from the data, privately (privacy/quantile.py; docs/dct_gmm.md "The clip"): a release
+    # The clip from the data, privately (privacy/quantile.py; docs/dct_gmm.md "The clip, estimated privately"): a release
     # before round 1 of a noisy histogram of the coefficient norms on a public grid, whose
     # clip_quantile-quantile becomes the clip. 0: `clip` above is used as given.
     clip_quantile: float = 0.0
     clip_share: float = 0.0  # the histogram's share of the budget (of 1 / sigma^2); the rounds share the rest
+    # Class covariances shrunk towards the covariance pooled over classes (post-processing; docs/dct_gmm.md
+    # "Defaults, and the validation that chose each"): cov_c = (scatter_c + tau pooled) / (n_c + tau), tau = pool_covariance sqrt(2 d) s_1 / lambda,
+    # the examples whose signal (mean eigenvalue lambda of the pooled covariance) equals the release noise's
+    # spectral edge. 0: each class on its own (and always without noise).
+    pool_covariance: float = 0.0
+    # Round 1's second moment summed over all classes (one d x d matrix; every class then shares the
+    # within-class covariance, as in LDA) instead of one per class: C times fewer floats up, and the
+    # covariance is estimated from all N examples against the same noise instead of n_c each
+    # (docs/dct_gmm.md "Defaults, and the validation that chose each").
+    pooled_second: bool = False
+
+    @property
+    def second_classes(self) -> int:
+        """Rows of the released second moment: 1 when pooled over classes, else C."""
+        return 1 if self.pooled_second else self.num_classes
+    # A table (image_shape (D,), records in [0, 1]): "identity", the basis is I_D (dct_gmm_features docstring).
+    basis_kind: str = "dct"
+    # Releases the run made from the same records before this mechanism (a table's private encoding), as
+    # (name, noise multiplier, sensitivity): charged to a --ledger with the rounds (ledger_releases).
+    prior_releases: tuple = ()
+
+    @property
+    def table(self) -> bool:
+        return self.basis_kind == "identity"
 
     @property
     def norm_grid(self):
         """The public grid of the clip's histogram: pixels in [0, 1] and an orthonormal basis
-        bound every coefficient norm by sqrt(H W); 64 bins down to sqrt(H W) / 128."""
+        bound every coefficient norm by sqrt(H W) (a table's D features in [0, 1]: sqrt(D));
+        64 bins down to top / 128."""
         from fedjax_gen.privacy.quantile import GeometricGrid
 
-        top = math.sqrt(self.image_shape[0] * self.image_shape[1])
+        top = math.sqrt(math.prod(self.image_shape) if self.table else self.image_shape[0] * self.image_shape[1])
         return GeometricGrid(top / 128.0, top, 64)
 
     def release_weights(self) -> tuple[float, tuple[float, ...]]:
@@ -95,6 +120,8 @@ class DctGmmConfig:
 
     @property
     def dim(self) -> int:
+        if self.table:
+            return math.prod(self.image_shape)
         if self.image_shape[-1] != 1:
             raise ValueError("dct_gmm supports one-channel images")
         h, w = self.image_shape[:2]  # atoms (u, v) with u < H, v < W, u + v < k
@@ -154,22 +181,25 @@ def isotropic(means, log_weights, class_log_probs, scale: float, sub_rank: int =
 
 
 def basis(cfg: DctGmmConfig) -> np.ndarray:
+    if cfg.table:
+        return np.eye(cfg.dim, dtype=np.float32)
     return ff.dct_basis(cfg.image_shape[0], cfg.image_shape[1], cfg.dct_k)
 
 
 def stat_size(cfg: DctGmmConfig, K: int, second: bool = True, sub: bool = False) -> int:
     d = cfg.dim
-    return cfg.num_classes * (K * (d + 1) + (ff.num_moments(d) if second else 0) + (K * cfg.sub_moments if sub else 0))
+    return (cfg.num_classes * (K * (d + 1) + (K * cfg.sub_moments if sub else 0))
+            + (cfg.second_classes * ff.num_moments(d) if second else 0))
 
 
 def unpack(cfg: DctGmmConfig, vec, K: int, second: bool = True, sub: bool = False):
-    """Flat vector -> (first [C, K, d + 1], second [C, d(d+1)/2] or None); with sub also the
-    subspace second moments [C, K, q(q+1)/2] (a third element)."""
+    """Flat vector -> (first [C, K, d + 1], second [C or 1 when pooled, d(d+1)/2] or None); with
+    sub also the subspace second moments [C, K, q(q+1)/2] (a third element)."""
     C, d = cfg.num_classes, cfg.dim
     n1 = C * K * (d + 1)
     first = vec[:n1].reshape((C, K, d + 1))
-    n2 = C * ff.num_moments(d) if second else 0
-    sec = vec[n1:n1 + n2].reshape((C, ff.num_moments(d))) if second else None
+    n2 = cfg.second_classes * ff.num_moments(d) if second else 0
+    sec = vec[n1:n1 + n2].reshape((cfg.second_classes, ff.num_moments(d))) if second else None
     if not sub:
         return first, sec
     return first, sec, vec[n1 + n2:].reshape((C, K, cfg.sub_moments))
@@ -238,7 +268,9 @@ def client_stat(cfg: DctGmmConfig, basis_, model: Mixture | None, x_uint8, y, ma
     first = jnp.einsum("bc,bk,be->cke", onehot, r, per)  # [C, K, d + 1]
     parts = [first.reshape(-1)]
     if second:
-        parts.append((onehot.T @ ff.vech(u[:, :, None] * u[:, None, :])).reshape(-1))  # [C, T]
+        moments = ff.vech(u[:, :, None] * u[:, None, :])  # [B, T]
+        rows = jnp.sum(onehot, axis=1, keepdims=True).T if cfg.pooled_second else onehot.T  # [1 or C, B]
+        parts.append((rows @ moments).reshape(-1))  # [C or 1, T]
     if model is not None and cfg.sub_rank > 0:  # per-component second moments in the subspace
         w = _subspace_coords(model, u, y)
         sub = cfg.sub_weight * ff.vech(w[:, :, None] * w[:, None, :])  # [B, Q], norm ||w||^2 <= 1
@@ -252,7 +284,7 @@ def norm_histogram(cfg: DctGmmConfig, basis_, x_uint8, mask):
     by the client's count (its own distribution: L2 norm <= 1 per client)."""
     from fedjax_gen.privacy import quantile as pq
 
-    x = x_uint8.reshape(x_uint8.shape[0], -1).astype(jnp.float32) / 255.0
+    x = ff.to_unit(x_uint8.reshape(x_uint8.shape[0], -1))
     h = pq.histogram(cfg.norm_grid, jnp.linalg.norm(x @ basis_, axis=-1), mask)
     if cfg.privacy_unit == "user":
         h = h / jnp.maximum(jnp.sum(mask), 1.0)
@@ -314,14 +346,15 @@ def calibrate(cfg: DctGmmConfig, epsilon: float, delta: float, accountant: str =
 
 
 def ledger_releases(cfg: DctGmmConfig, multipliers, clip_multiplier: float = 0.0, prefix: str = "dct_gmm"):
-    """The ledger entries of a run: the clip's histogram (when estimated: multiplier
-    clip_multiplier, sensitivity 1), then the rounds run with `multipliers` (each its own
-    sensitivity)."""
+    """The ledger entries of a run: the releases before it (cfg.prior_releases: a table's
+    encoding), the clip's histogram (when estimated: multiplier clip_multiplier, sensitivity 1),
+    then the rounds run with `multipliers` (each its own sensitivity)."""
     from fedjax_gen.privacy.ledger import Release
 
+    prior = tuple(Release(f"{prefix} {name}", float(z), float(s)) for name, z, s in cfg.prior_releases)
     clip = (Release(f"{prefix} clip histogram", float(clip_multiplier), 1.0),) if cfg.clip_quantile > 0 else ()
-    return clip + tuple(Release(f"{prefix} round {r + 1}", float(z), cfg.round_sensitivity(r))
-                        for r, z in enumerate(multipliers))
+    return prior + clip + tuple(Release(f"{prefix} round {r + 1}", float(z), cfg.round_sensitivity(r))
+                                for r, z in enumerate(multipliers))
 
 
 def release(summed, noise_std: float, key):
@@ -416,11 +449,20 @@ def fit(cfg: DctGmmConfig, released, K: int, second_moment=None, moment_noise_st
     if prev is not None:
         mu = jnp.where(active[..., None], mu, prev.means)
     n_c = jnp.sum(n_act, axis=1)  # [C]
-    S = ff.unvech(second, d)  # [C, d, d]
+    S = ff.unvech(second, d)  # [C, d, d], or [1, d, d] pooled over classes
     scatter = S - jnp.einsum("ck,ckd,cke->cde", n_act, mu, mu)
-    cov = scatter / n_c[:, None, None]
+    if cfg.pooled_second:  # one within-class scatter from all N examples, shared by every class
+        scatter = jnp.broadcast_to(S[0] - jnp.einsum("ck,ckd,cke->de", n_act, mu, mu), (C, d, d))
+    n_cov = jnp.broadcast_to(jnp.sum(n_c), (C,)) if cfg.pooled_second else n_c  # the examples behind each scatter
+    tau = jnp.zeros(())
+    if cfg.pool_covariance > 0 and moment_noise_std > 0 and not cfg.pooled_second:
+        pooled = jnp.sum(scatter, axis=0) / jnp.maximum(jnp.sum(n_c), 1.0)
+        lam = jnp.maximum(jnp.trace(pooled) / d, cfg.cov_floor)
+        tau = cfg.pool_covariance * math.sqrt(2.0 * d) * moment_noise_std / lam
+        scatter = scatter + tau * pooled
+    cov = scatter / (n_cov + tau)[:, None, None]
     cov = 0.5 * (cov + jnp.swapaxes(cov, 1, 2))
-    p = covariance_atoms(cfg, n_c, moment_noise_std)  # [C]
+    p = covariance_atoms(cfg, n_cov + tau, moment_noise_std)  # [C]
     inside = jnp.arange(d)[None, :] < p[:, None]  # [C, d]
     block = inside[:, :, None] & inside[:, None, :]
     diag = jnp.diagonal(cov, axis1=1, axis2=2)
@@ -428,7 +470,7 @@ def fit(cfg: DctGmmConfig, released, K: int, second_moment=None, moment_noise_st
     resid = jnp.maximum(resid, cfg.cov_floor) if cfg.isotropic_rest else jnp.full((C,), cfg.cov_floor)
     cov = jnp.where(block, cov, 0.0) + jnp.where(inside, 0.0, resid[:, None])[:, :, None] * jnp.eye(d)
     evals, evecs = jnp.linalg.eigh(cov)
-    edge = cfg.cov_shrink * math.sqrt(2.0 * d) * moment_noise_std / n_c  # [C]
+    edge = cfg.cov_shrink * math.sqrt(2.0 * d) * moment_noise_std / n_cov  # [C]
     evals = jnp.maximum(evals - edge[:, None], cfg.cov_floor)
     log_w = jnp.where(active, jnp.log(jnp.maximum(n_act, 1e-30) / jnp.sum(n_act, axis=1, keepdims=True)), NEG)
     class_log_probs = jnp.log(jnp.maximum(n_c, 1.0))
@@ -506,14 +548,14 @@ def split(cfg: DctGmmConfig, m: Mixture, key, moment_noise_std: float = 0.0) -> 
 
 
 def sample(cfg: DctGmmConfig, basis_, m: Mixture, labels, key, clip=None) -> np.ndarray:
-    """uint8 images [N, H, W, 1] for labels [N] drawn from the mixture (post-processing);
-    clip: the released clip (default cfg.clip)."""
+    """uint8 images [N, H, W, 1] (a table: float32 records [N, D]) for labels [N] drawn from the
+    mixture (post-processing); clip: the released clip (default cfg.clip)."""
     labels = jnp.asarray(labels)
     kc, kz = jax.random.split(key)
     comp = jax.random.categorical(kc, m.log_weights[labels])  # [N]
     z = jax.random.normal(kz, (labels.shape[0], cfg.dim))
     u = m.means[labels, comp] + cfg.temperature * _component_noise(m, labels, comp, z)
-    return ff.decode(basis_, u, cfg.clip if clip is None else float(clip), cfg.image_shape)
+    return ff.decode(basis_, u, cfg.clip if clip is None else float(clip), cfg.image_shape, cfg.table)
 
 
 def sample_labels(m: Mixture, n: int, key):

@@ -15,6 +15,11 @@ with vech the upper triangle where off-diagonal entries carry a factor sqrt 2, s
 sqrt(a^2 + b^2 + 1) whatever K and whatever the broadcast mixture. The second moment is one
 per class (the mixture's components share the class covariance: "tied"), which is what keeps
 the upload at C (K (d + 1) + d (d + 1) / 2) floats.
+
+A table (float records in [0, 1], data/table_source.py) has no spatial structure for a DCT
+to compress: its basis is the identity on the D encoded features (d = D), and a sample is
+decoded back to float features clipped to [0, 1] (the encoder then takes each categorical
+block's argmax).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+
+from fedjax_gen.data.client_data import to_unit
 
 
 def dct_basis(height: int, width: int, k: int) -> np.ndarray:
@@ -73,14 +80,18 @@ def unvech(v, d: int):
 
 
 def clipped_coefficients(basis, x_uint8, clip: float):
-    """x uint8 [B, H, W, C] -> u [B, d] = clip_to_norm(B^T x, clip) / clip, ||u|| <= 1."""
-    x = x_uint8.reshape((x_uint8.shape[0], -1)).astype(jnp.float32) / 255.0
+    """x uint8 [B, H, W, C] (or a table's float [B, D]) -> u [B, d] = clip_to_norm(B^T x, clip) /
+    clip, ||u|| <= 1."""
+    x = to_unit(x_uint8.reshape((x_uint8.shape[0], -1)))
     z = x @ basis
     norm = jnp.linalg.norm(z, axis=-1, keepdims=True)
     return z / jnp.maximum(norm, clip)
 
 
-def decode(basis, u, clip: float, image_shape) -> np.ndarray:
-    """u [N, d] (normalised coefficients) -> uint8 images [N, H, W, C] (clipped to [0, 255])."""
+def decode(basis, u, clip: float, image_shape, table: bool = False) -> np.ndarray:
+    """u [N, d] (normalised coefficients) -> uint8 images [N, H, W, C] (clipped to [0, 255]), or
+    (table) float32 records [N, D] clipped to [0, 1]."""
     x = np.asarray(u, np.float32) * clip @ np.asarray(basis).T
+    if table:
+        return np.clip(x, 0.0, 1.0).reshape((-1, *image_shape))
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8).reshape((-1, *image_shape))

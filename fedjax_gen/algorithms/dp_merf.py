@@ -61,11 +61,12 @@ class MERFConfig:
     width: int = 64
     gen_batch_size: int = 200
     gen_lr: float = 1e-3
+    softmax_blocks: tuple = ()  # a table's categorical blocks (start, width): softmax outputs (models/gan.py)
 
     @property
     def generator(self):
         return make_generator("mlp", self.image_shape, latent_dim=self.latent_dim,
-                              num_classes=self.num_classes, width=self.width)
+                              num_classes=self.num_classes, width=self.width, softmax_blocks=self.softmax_blocks)
 
     @property
     def noise_std(self) -> float:
@@ -106,7 +107,8 @@ def features(w, x) -> jax.Array:
 
 
 def embedding_sum(cfg: MERFConfig, w, x_uint8, y, mask):
-    """One client's sum of v(x, y) over its real examples: ([C, D], counts [C])."""
+    """One client's sum of v(x, y) over its real examples: ([C, D], counts [C]). x: uint8
+    images or a table's encoded records (to_float maps both to [-1, 1])."""
     onehot = jax.nn.one_hot(y, cfg.num_classes) * mask[:, None]  # padding contributes 0
     phi = features(w, to_float(x_uint8))
     return onehot.T @ phi, jnp.sum(onehot, axis=0)

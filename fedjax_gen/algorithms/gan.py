@@ -37,6 +37,7 @@ class GANConfig:
     weighting: str = "count"  # "count" (FedAvg) | "uniform" (forced under user-level DP)
     unroll: bool = True  # unrolled local steps (rolled conv grads are ~20x slower on XLA:CPU)
     dp: DPConfig = DPConfig()
+    softmax_blocks: tuple = ()  # a table's categorical blocks (start, width): softmax outputs (models/gan.py)
 
     @property
     def generator(self):
@@ -47,6 +48,7 @@ class GANConfig:
             num_classes=self.num_classes,
             width=self.width,
             conv_impl=self.conv_impl,
+            softmax_blocks=self.softmax_blocks,
         )
 
     @property

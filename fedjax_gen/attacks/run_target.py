@@ -169,6 +169,9 @@ def open_run(path: str | None, what: str = "--run") -> RunTarget:
                         "pass the --out of a finished experiment")
     saved = read_configs(rd)
     method = methods.get(saved.method)
+    if "table" in saved.raw:  # the attacks here read images (reconstructions, image models, pixel distances)
+        raise UserError(f"{what} {path} is a table run: its attacks are in its results.json (dcr_closer_to_train, "
+                        "mia_auc: the nearest-record attack); experiments/attack.py attacks image runs")
     from fedjax_gen.runners.data import load_dataset
 
     dataset = load_dataset(saved.data)

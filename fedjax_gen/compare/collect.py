@@ -90,6 +90,8 @@ def row_of(run_dir: str) -> dict | None:
         **{k: res.get(k) for k in ("tstr_accuracy", "tstr_logreg", "real_ceiling", "fid", "precision", "recall",
                                    "mmd_rbf", "label_tv", "bytes_up_per_client", "bytes_down_per_client",
                                    "rounds", "wall_seconds")},
+        **({"tstr_logreg": res.get("tstr_logreg_accuracy"), "real_ceiling": res.get("real_hgb_accuracy")}
+           if "tstr_hgb_accuracy" in res else {}),  # a table run: its HGB / LogReg TSTR and HGB ceiling
         "bytes_up_per_client": res.get("bytes_up_per_client", res["bytes_up"] / max(res["clients"], 1)),
         "compression_ratio": res.get("compression_ratio", 1.0),
         "attack": name, "attack_auc": auc, "attack_tpr_at_1pct_fpr": tpr, "run": run_dir,

@@ -36,7 +36,7 @@ PRESETS = {
     },
     "full": {
         # DCGAN pair (server G, federated D), 300 rounds x 50 of 1000 clients: digits iid TSTR 0.872 /
-        # FID 54.6 (MLP pair under the same command: see docs/results.md, fifth session).
+        # FID 54.6 (MLP pair under the same command: docs/results.md, "Digits: federated GANs").
         "dp_fedavg_gan": dict(model="dcgan", rounds=300, clients_per_round=50),
         # FedGAN stays on the MLP pair: with the DCGAN pair trained on every client, a round costs
         # ~73 s on the 2-core VM (vs ~3 s for DP-FedAvg-GAN's), so 300 rounds do not fit a study.
@@ -85,24 +85,31 @@ def cells(method_names, partitions, budgets, seeds: int, uplinks=("none",)) -> l
 
 
 def job_for(cell: Cell, root: str, dataset: str, clients: int, scale: str, data_dir=None, max_train=None,
-            delta: float = 1e-5, validation: int = 0, augment: str | None = None, eval_mode: str = "full"):
+            delta: float = 1e-5, validation: int = 0, augment: str | None = None, eval_mode: str = "full",
+            table: dict | None = None, positive_labels: str | None = None):
     """The Job of a cell (its run directory root/<cell.name>); the method's preset options.
-    augment: one --augment spec for every method (None: each method's own default)."""
+    augment: one --augment spec for every method (None: each method's own default). table: the
+    DataConfig's table fields (label column, test file, schema, ...) of a csv: dataset, whose
+    records are vectors: a preset's image model (dcgan) becomes mlp."""
     from fedjax_gen.runners.train import Job
 
     method = methods.get(cell.method)
     data = DataConfig(dataset=dataset, data_dir=data_dir, clients=clients, partition=cell.partition,
-                      max_train=max_train, seed=cell.seed, validation=validation)
-    options = from_dict(method.Options, PRESETS[scale].get(cell.method, {}))
+                      max_train=max_train, seed=cell.seed, validation=validation, **(table or {}))
+    preset = dict(PRESETS[scale].get(cell.method, {}))
+    if table is not None and dataset.startswith("csv:") and preset.get("model") == "dcgan":
+        preset["model"] = "mlp"
+    options = from_dict(method.Options, preset)
     if cell.epsilon is None:
         privacy = PrivacyConfig()
     else:
         unit = UNIT.get(cell.method, method.units[0] if method.units else "example")
         privacy = PrivacyConfig(unit=unit, epsilon=cell.epsilon, delta=delta,
                                 clip=0.5 if unit == "user" and cell.method in UNIT else 1.0)
-    run = RunConfig(**{**method.run_defaults_for(privacy.unit), **RUN[scale], "out": os.path.join(root, cell.name),
+    run = RunConfig(**{**method.run_defaults, **RUN[scale], "out": os.path.join(root, cell.name),
                        "progress": False, "uplink": cell.uplink, "eval_mode": eval_mode,
-                       **({"augment": augment} if augment else {})})
+                       **({"augment": augment} if augment else {}),
+                       **({"positive_labels": positive_labels} if positive_labels else {})})
     return Job(cell.method, data, run, PerformanceFlags(), privacy, options)
 
 

@@ -38,6 +38,8 @@ class Study:
     attack_queries: int = 200
     attack: bool = True
     eval_mode: str = "full"  # none: train (and attack) every cell now, score them in a later pass
+    table: tuple = ()  # (DataConfig field, value) of a table (--dataset csv:): label column, test file, schema ...
+    positive_labels: str | None = None  # a table's binary TSTR variant
 
 
     def cells(self):
@@ -45,7 +47,14 @@ class Study:
 
     def job(self, cell):
         return grid.job_for(cell, self.root, self.dataset, self.clients, self.scale, self.data_dir, self.max_train,
-                            validation=self.validation, augment=self.augment, eval_mode=self.eval_mode)
+                            validation=self.validation, augment=self.augment, eval_mode=self.eval_mode,
+                            table=dict(self.table), positive_labels=self.positive_labels)
+
+    @property
+    def is_table(self) -> bool:
+        from fedjax_gen.data import table_source
+
+        return table_source.is_table(self.dataset)
 
 
 def run_cell(study: Study, cell) -> str:
@@ -63,6 +72,9 @@ def run_cell(study: Study, cell) -> str:
     if cell.epsilon is not None and not methods.get(cell.method).units:
         _record_skip(skip, cell, out, f"{cell.method} implements no differential privacy")
         return "skipped"
+    if study.is_table and methods.get(cell.method).table_refusal:
+        _record_skip(skip, cell, out, f"{cell.method} does not run on tables: {methods.get(cell.method).table_refusal}")
+        return "skipped"
     if not os.path.exists(os.path.join(out, "results.json")):
         job = study.job(cell)
         try:
@@ -73,13 +85,17 @@ def run_cell(study: Study, cell) -> str:
             _record_skip(skip, cell, out, str(cli.worded(e, methods.get(cell.method))))
             return "skipped"
         except InvalidValue as e:  # a compression the method refuses (DP noise, one-shot uploads): nothing was written
-            if cell.uplink == "none" or e.param not in ("uplink", "bucket", "rounds_per_call"):
+            # (a table's encoding a privacy unit cannot estimate is refused as a skip too: the schema is the fix)
+            if not (study.is_table and e.param == "schema") and (
+                    cell.uplink == "none" or e.param not in ("uplink", "bucket", "rounds_per_call")):
                 raise
             _record_skip(skip, cell, out, str(cli.worded(e, methods.get(cell.method))))
             return "skipped"
     if study.eval_mode != "none" and collect.read_json(os.path.join(out, "results.json")).get("eval") == "none":
         evaluate_run(out, study.eval_mode, progress=False)
-    if study.attack and not os.path.exists(os.path.join(out, "attack_results.json")):
+    # The attack runner reads images (experiments/attack.py); a table's own privacy scores (DCR, the
+    # nearest-record attack) are in its results.json.
+    if study.attack and not study.is_table and not os.path.exists(os.path.join(out, "attack_results.json")):
         code = cli.run(attack.main, ["--run", out, "--num-queries", str(study.attack_queries)]
                        + grid.ATTACK_ARGS[study.scale])
         if code:

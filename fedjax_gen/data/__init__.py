@@ -3,7 +3,7 @@
 
 from fedjax_gen.data.buckets import (
     BucketedClientData, BucketLayout, pad_clients_bucketed, rng_prefix_stable, split_buckets)
-from fedjax_gen.data.client_data import ClientData, Dataset, to_float, to_uint8
+from fedjax_gen.data.client_data import ClientData, Dataset, from_float, to_float, to_uint8, to_unit
 from fedjax_gen.data.padding import cap_parts, client_of_example, pad_clients, pad_num_clients
 from fedjax_gen.data.partitions import SPECS, partition
 from fedjax_gen.data.sources import DATASETS, hold_out, load_dataset, subsample
@@ -16,6 +16,7 @@ __all__ = [
     "ClientData",
     "Dataset",
     "cap_parts",
+    "from_float",
     "client_of_example",
     "hold_out",
     "load_dataset",
@@ -28,4 +29,5 @@ __all__ = [
     "subsample",
     "to_float",
     "to_uint8",
+    "to_unit",
 ]

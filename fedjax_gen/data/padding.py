@@ -41,14 +41,15 @@ def pad_clients(
     max_examples: int | None = None,
     seed: int = 0,
 ) -> ClientData:
-    """x uint8 [N, H, W, Ch], y int [N], parts: C index arrays -> padded `ClientData`.
+    """x uint8 [N, H, W, Ch] (or float32 [N, D] table records), y int [N], parts: C index
+    arrays -> padded `ClientData` (x keeps its dtype).
 
     Client c's examples (in `parts[c]` order, after `cap_parts`) fill row c's prefix; padding
     slots are zeros with mask False. N_max = the largest (capped) client, at least 1.
     """
     x, y = np.asarray(x), np.asarray(y)
-    if x.ndim != 4 or len(x) != len(y):
-        raise ValueError(f"pad_clients wants x [N, H, W, C] and y [N]; got {x.shape}, {y.shape}")
+    if x.ndim not in (2, 4) or len(x) != len(y):
+        raise ValueError(f"pad_clients wants x [N, H, W, C] or [N, D] and y [N]; got {x.shape}, {y.shape}")
     parts = cap_parts(parts, max_examples, seed)
     for p in parts:
         if len(p) and (p.min() < 0 or p.max() >= len(x)):
@@ -56,7 +57,7 @@ def pad_clients(
     counts = np.array([len(p) for p in parts], np.int32)
     n_max = max(int(counts.max(initial=0)), 1)  # never a zero-size axis
     num = len(parts)
-    xs = np.zeros((num, n_max, *x.shape[1:]), np.uint8)
+    xs = np.zeros((num, n_max, *x.shape[1:]), x.dtype)
     ys = np.zeros((num, n_max), np.int32)
     for c, p in enumerate(parts):
         xs[c, : len(p)] = x[p]

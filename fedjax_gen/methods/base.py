@@ -7,10 +7,10 @@ A method is a class with
   config_key           the config.json section holding its internal config
   units                the privacy units it implements ("example", "user")
   run_defaults         RunConfig defaults it changes (e.g. DOSFL keeps every upload)
-  unit_run_defaults    per privacy unit, RunConfig defaults that replace run_defaults' (dct_gmm:
-                       no synthetic-set transform at user level, where it was measured to hurt)
   build(ctx) -> Built  validates its options against the data and privacy request and
                        returns everything the driver runs
+  table_refusal        why it does not run on a table (--dataset csv:), or "" where it does
+                       (its build then handles Dataset.table: float [N, D] records in [0, 1])
 
 `Built` is the whole recipe. Every method runs the same way (runners/train.py):
 `rounds` engine rounds of `algorithm` (a FederatedAlgorithm; `reduce="sum"` adds client
@@ -80,7 +80,7 @@ class Uploads:
 @dataclasses.dataclass(frozen=True)
 class Built:
     algorithm: FederatedAlgorithm
-    synthesize: Callable  # (state, n, key) -> (x uint8 [n, H, W, C], y int32 [n])
+    synthesize: Callable  # (state, n, key) -> (x uint8 [n, H, W, C] or float32 [n, D] table records, y int32 [n])
     config: Any  # the internal config (a dataclass), written to config.json[config_key]
     rounds: int = 1
     clients_per_round: int | None = None  # None: every client, every round
@@ -106,6 +106,10 @@ class Built:
     # (run_dir) -> None, run by the driver once the run directory exists and before round 1 (again
     # on resume): a deployment's ledger transaction. A UserError refuses the run (its directory removed).
     before_rounds: Callable | None = None
+    # (state, labels int32 [n], key) -> x [n, ...] for the given labels, where a method can draw any class mix
+    # (a table's synthetic set follows its released class histogram); without it the driver keeps what it needs
+    # of balanced draws of `synthesize`.
+    synthesize_labels: Callable | None = None
 
 
 class Method:
@@ -114,14 +118,10 @@ class Method:
     config_key: ClassVar[str]
     units: ClassVar[tuple] = ()
     run_defaults: ClassVar[dict] = {}
-    unit_run_defaults: ClassVar[dict] = {}  # {unit: {RunConfig field: default}}
     description: ClassVar[str] = ""
     single_device: ClassVar[bool] = False  # run on one device of the mesh (see methods/dct_gmm.py for why)
-
-    @classmethod
-    def run_defaults_for(cls, unit: str | None) -> dict:
-        """The RunConfig defaults of a run at privacy `unit`: run_defaults, then the unit's own."""
-        return {**cls.run_defaults, **cls.unit_run_defaults.get(unit, {})}
+    # Why the method does not run on a table (--dataset csv:); "" where its build handles one.
+    table_refusal: ClassVar[str] = "it has not been adapted to tables (Method.table_refusal)"
 
     def build(self, ctx: BuildContext) -> Built:  # pragma: no cover - protocol
         raise NotImplementedError

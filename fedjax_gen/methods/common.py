@@ -13,16 +13,16 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray:
     return (np.arange(n) % max(num_classes, 1)).astype(np.int32)
 
 
-def generate(sample_fn, params, labels: np.ndarray, key, batch_size: int = 1000) -> np.ndarray:
+def generate(sample_fn, params, labels: np.ndarray, key, batch_size: int = 1000, table: bool = False) -> np.ndarray:
     """Runs a jitted sample_fn(params, y [b], key) -> images in [-1, 1] over `labels` in
-    batches; returns uint8 [n, H, W, C]."""
+    batches; returns uint8 [n, H, W, C] (table: float32 [n, D] records in [0, 1])."""
     fn = jax.jit(sample_fn)
     out = []
     for i, start in enumerate(range(0, len(labels), batch_size)):
         y = labels[start : start + batch_size]
         pad = batch_size - len(y)  # one compiled shape
         yp = np.concatenate([y, np.zeros(pad, y.dtype)])
-        out.append(fdata.to_uint8(fn(params, yp, jax.random.fold_in(key, i)))[: len(y)])
+        out.append(fdata.from_float(fn(params, yp, jax.random.fold_in(key, i)), table)[: len(y)])
     return np.concatenate(out)
 
 
@@ -36,16 +36,28 @@ def latent_sampler(generator, latent_dim: int, conditional: bool = True):
     return sample
 
 
-def generator_synthesizer(generator, latent_dim: int, num_classes: int, params_of=lambda state: state.gen):
+def generator_synthesizer(generator, latent_dim: int, num_classes: int, params_of=lambda state: state.gen,
+                          table: bool = False):
     """synthesize(state, n, key) -> (x uint8, y) for a (class-conditional) generator:
-    n samples with balanced labels."""
+    n samples with balanced labels (table: x float32 records in [0, 1])."""
     sample = latent_sampler(generator, latent_dim, conditional=num_classes > 0)
 
     def synthesize(state, n: int, key):
         labels = balanced_labels(n, num_classes)
-        return generate(sample, params_of(state), labels, key), labels
+        return generate(sample, params_of(state), labels, key, table=table), labels
 
     return synthesize
+
+
+def labelled_synthesizer(generator, latent_dim: int, num_classes: int, params_of=lambda state: state.gen,
+                         table: bool = False):
+    """synthesize_labels(state, labels, key) -> x for a class-conditional generator (Built's
+    synthesize_labels: any class mix, e.g. a table's class histogram); None if unconditional."""
+    if num_classes <= 0:
+        return None
+    sample = latent_sampler(generator, latent_dim, conditional=True)
+    return lambda state, labels, key: generate(sample, params_of(state), np.asarray(labels, np.int32), key,
+                                               table=table)
 
 
 def check_one_shot_privacy(privacy, performance, method: str, microbatch: bool) -> None:

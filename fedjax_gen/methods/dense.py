@@ -50,6 +50,8 @@ class DENSE(Method):
     units = ("example",)
     run_defaults = {"log_every": 50}
     description = "one-shot upload of client classifiers, data-free ensemble distillation on the server"
+    table_refusal = ("DENSE is an image method: its client classifiers, generator and data-free distillation "
+                     "are built on [H, W, C] images; it has no record model (no categorical blocks)")
 
     def build(self, ctx: BuildContext) -> Built:
         o, p, ds = ctx.options, ctx.privacy, ctx.dataset

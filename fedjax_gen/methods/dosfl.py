@@ -44,6 +44,8 @@ class DOSFL(Method):
     units = ("example",)
     run_defaults = {"num_synthetic": 0}  # 0: keep every uploaded image
     description = "one-shot upload of distilled images; the server keeps their union"
+    table_refusal = ("DOSFL is an image method: clients distil uint8 images by matching randomly initialised "
+                     "convnet embeddings; it has no record embedding or record upload")
 
     def build(self, ctx: BuildContext) -> Built:
         o, p, ds = ctx.options, ctx.privacy, ctx.dataset

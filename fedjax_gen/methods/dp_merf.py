@@ -24,7 +24,7 @@ from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
 from fedjax_gen.methods import secure_sum
 from fedjax_gen.methods.base import Built, BuildContext, Method, ServerPhase, Uploads, register
-from fedjax_gen.methods.common import generator_synthesizer
+from fedjax_gen.methods.common import generator_synthesizer, labelled_synthesizer
 from fedjax_gen.methods.secure_sum import SecAggOptions
 from fedjax_gen.privacy.config import Mechanism, plan_for
 
@@ -52,6 +52,7 @@ class DPMERF(Method):
     config_key = "merf_config"
     units = ("example",)
     description = "one noisy sum of random-feature mean embeddings, generator fitted on the server"
+    table_refusal = ""  # random features of the encoded record, softmax per categorical block
 
     def build(self, ctx: BuildContext) -> Built:
         o, p, ds = ctx.options, ctx.privacy, ctx.dataset
@@ -75,7 +76,8 @@ class DPMERF(Method):
         cfg = dp_merf.MERFConfig(
             ds.image_shape, C, num_features=D, rff_sigma=rff_sigma, noise_multiplier=z,
             distributed_noise=p.distributed_noise, noise_shares=n, secure_noise=secure is not None,
-            latent_dim=o.latent_dim, width=o.width, gen_batch_size=o.gen_batch_size, gen_lr=o.gen_lr)
+            latent_dim=o.latent_dim, width=o.width, gen_batch_size=o.gen_batch_size, gen_lr=o.gen_lr,
+            softmax_blocks=ds.table.softmax_blocks if ds.table is not None else ())
 
         def make_step(state):
             w = jax.jit(dp_merf.frequencies, static_argnums=0)(cfg, state.freq_seed)
@@ -100,6 +102,9 @@ class DPMERF(Method):
         extra = {"gen_steps": o.gen_steps, "num_features": cfg.num_features, "rff_sigma": cfg.rff_sigma}
         return Built(algorithm=dp_merf.make(cfg), config=cfg, mechanism=mechanism, plan=plan, uploads=uploads,
                      server_phase=ServerPhase(o.gen_steps, make_step, postfix=("mmd_loss",)),
-                     synthesize=generator_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes),
+                     synthesize=generator_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes,
+                                                      table=ds.table is not None),
+                     synthesize_labels=labelled_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes,
+                                                            table=ds.table is not None),
                      release=lambda state, key: (state, info), results=lambda state, dataset: extra,
                      secure=secure, aggregate=(secure.aggregator(),) if secure else ())

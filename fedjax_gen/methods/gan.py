@@ -15,7 +15,7 @@ from fedjax_gen.models.conv_impl import conv_impl_for
 from fedjax_gen.methods import secure_sum
 from fedjax_gen.methods.base import Built, BuildContext, Method, register
 from fedjax_gen.methods.secure_sum import SecAggOptions
-from fedjax_gen.methods.common import generator_synthesizer
+from fedjax_gen.methods.common import generator_synthesizer, labelled_synthesizer
 from fedjax_gen.privacy.config import Mechanism, plan_for
 from fedjax_gen.privacy.dp_config import DPConfig
 
@@ -44,6 +44,7 @@ class _FederatedGAN(Method):
     Options = GANOptions
     config_key = "gan_config"
     units = ("example", "user")
+    table_refusal = ""  # MLP pair on the encoded record, softmax per categorical block
 
     def _secure(self, o, ctx, algorithm, plan, mechanism):
         """Secure aggregation of the clipped deltas (user level: ||delta|| <= S, so every entry
@@ -87,18 +88,23 @@ class _FederatedGAN(Method):
         perf = ctx.performance
         conv_impl = conv_impl_for(ctx.execution) if perf.conv_impl == "auto" else perf.conv_impl
         ds = ctx.dataset
+        if ds.table is not None and o.model != "mlp":
+            raise InvalidValue("model", "a table's records are vectors, not images: use {model} mlp")
         cfg = GANConfig(
             image_shape=ds.image_shape, num_classes=ds.num_classes, model=o.model, latent_dim=o.latent_dim,
             width=o.width, conv_impl=conv_impl, local_steps=o.local_steps, batch_size=o.batch_size,
             client_optimizer=o.client_optimizer, client_lr=o.client_lr, server_lr=o.server_lr,
-            gen_steps=o.gen_steps, gen_batch_size=o.gen_batch_size, gen_lr=o.gen_lr, weighting=o.weighting, dp=dp)
+            gen_steps=o.gen_steps, gen_batch_size=o.gen_batch_size, gen_lr=o.gen_lr, weighting=o.weighting, dp=dp,
+            softmax_blocks=ds.table.softmax_blocks if ds.table is not None else ())
         algorithm = GAN_ALGORITHMS[self.name](cfg)
         secure = self._secure(o, ctx, algorithm, plan, mechanism)
         return Built(
             algorithm=algorithm, config=cfg, rounds=o.rounds, secure=secure,
             aggregate=(secure.aggregator(),) if secure else (),
             clients_per_round=o.clients_per_round, min_length=o.batch_size, mechanism=mechanism, plan=plan,
-            synthesize=generator_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes),
+            synthesize=generator_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes, table=ds.table is not None),
+            synthesize_labels=labelled_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes,
+                                                   table=ds.table is not None),
             results=lambda state, dataset: {"model": o.model})
 
 

@@ -10,6 +10,11 @@ generators use LayerNorm; the discriminators use no normalisation.
 
 Conditioning: the generator concatenates a one-hot label to z; the discriminator is a
 projection discriminator (Miyato & Koyama 2018): logit = w.h + <embed(y), h>.
+
+Tables (an encoded record, [B, D]): the MLP generator takes `softmax_blocks`, the (start,
+width) of each categorical one-hot block, and outputs 2 softmax - 1 there (a distribution over
+the block's levels in the models' [-1, 1] scale, as CTGAN-style tabular generators do) and tanh
+elsewhere (the scaled numerics).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from fedjax_gen.models.layers import Conv, ConvTranspose
 
 
 class _MLPGenerator(nn.Module):
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     num_classes: int
     hidden: Sequence[int]
+    softmax_blocks: tuple = ()
 
     @nn.compact
     def __call__(self, z, y=None):
@@ -40,7 +46,22 @@ class _MLPGenerator(nn.Module):
             h = nn.LayerNorm()(h)
             h = nn.leaky_relu(h, 0.2)
         h = nn.Dense(math.prod(self.image_shape))(h)
-        return jnp.tanh(h).reshape((z.shape[0],) + tuple(self.image_shape))
+        return _activate(h, self.softmax_blocks).reshape((z.shape[0],) + tuple(self.image_shape))
+
+
+def _activate(h, softmax_blocks):
+    """tanh, except 2 softmax - 1 over each (start, width) block of the last axis."""
+    if not softmax_blocks:
+        return jnp.tanh(h)
+    parts, pos = [], 0
+    for start, width in sorted(softmax_blocks):
+        if start > pos:
+            parts.append(jnp.tanh(h[:, pos:start]))
+        parts.append(2.0 * jax.nn.softmax(h[:, start:start + width], axis=-1) - 1.0)
+        pos = start + width
+    if pos < h.shape[-1]:
+        parts.append(jnp.tanh(h[:, pos:]))
+    return jnp.concatenate(parts, axis=-1)
 
 
 class _MLPDiscriminator(nn.Module):
@@ -119,13 +140,18 @@ def make_generator(
     num_classes: int = 0,
     width: int = 64,
     conv_impl: str = "xla",
+    softmax_blocks: tuple = (),
 ) -> Model:
-    """Generator: apply(params, z [B, latent_dim], y [B] | None) -> images [B, H, W, C]."""
+    """Generator: apply(params, z [B, latent_dim], y [B] | None) -> images [B, H, W, C] (or
+    encoded table records [B, D], with `softmax_blocks` for their categorical blocks: mlp only)."""
     image_shape = tuple(int(s) for s in image_shape)
     z = jnp.zeros((1, latent_dim), jnp.float32)
     y = jnp.zeros((1,), jnp.int32) if num_classes else None
+    if softmax_blocks and kind != "mlp":
+        raise ValueError("softmax_blocks (a table's categorical blocks) need the mlp generator")
     if kind == "mlp":
-        module = _MLPGenerator(image_shape, num_classes, hidden=(4 * width, 8 * width))
+        module = _MLPGenerator(image_shape, num_classes, hidden=(4 * width, 8 * width),
+                               softmax_blocks=tuple(tuple(int(v) for v in b) for b in softmax_blocks))
     elif kind == "dcgan":
         if image_shape[0] % 4 or image_shape[1] % 4:
             raise ValueError(f"dcgan needs image sides divisible by 4, got {image_shape}; use --model mlp")

@@ -393,34 +393,44 @@ def _accountant_for(accountant: str, neighboring: str, pld_discretization: float
 
 
 def event_epsilon(event: dp_accounting.DpEvent, count: int, delta: float, accountant: str, neighboring: str,
-                  *, pld_discretization: float = PLD_DISCRETIZATION) -> float:
+                  *, pld_discretization: float = PLD_DISCRETIZATION, prior: dp_accounting.DpEvent | None = None) -> float:
     """Epsilon at `delta` of `count` compositions of `event` (its noise multiplier > 0;
-    callers treat z = 0 as epsilon inf themselves)."""
-    if count == 0:
+    callers treat z = 0 as epsilon inf themselves), composed with `prior` (a release made
+    once before them, e.g. a table's private encoding) when given."""
+    if count == 0 and prior is None:
         return 0.0
     acc = _accountant_for(accountant, neighboring, pld_discretization)
-    acc.compose(event, int(count))
+    if count:
+        acc.compose(event, int(count))
+    if prior is not None:
+        acc.compose(prior)
     return float(acc.get_epsilon(delta))
 
 
 def event_schedule(event: dp_accounting.DpEvent, per_round: int, rounds: int, delta: float, accountant: str,
-                   neighboring: str, *, max_pld_evaluations: int = 16) -> np.ndarray:
+                   neighboring: str, *, max_pld_evaluations: int = 16,
+                   prior: dp_accounting.DpEvent | None = None) -> np.ndarray:
     """Epsilon after each of rounds 1..R of `per_round` compositions of `event` (as
     `epsilon_schedule`: RDP scales the one-step curve; PLD evaluates up to
     `max_pld_evaluations` rounds, others take the next evaluated round's, an upper bound;
-    the last entry equals `event_epsilon` of the whole run)."""
+    the last entry equals `event_epsilon` of the whole run), each composed with `prior`."""
     rounds = int(rounds)
     if rounds <= 0:
         return np.zeros((0,), np.float64)
-    if per_round == 0:
+    if per_round == 0 and prior is None:
         return np.zeros((rounds,), np.float64)
     steps = per_round * np.arange(1, rounds + 1)
     if accountant == "rdp":
         acc = _accountant_for("rdp", neighboring)
         acc.compose(event, 1)
-        return np.array([dp_accounting.rdp.compute_epsilon(acc.orders, acc.rdp * s, delta)[0] for s in steps])
+        base = 0.0
+        if prior is not None:
+            first = _accountant_for("rdp", neighboring)
+            first.compose(prior)
+            base = first.rdp
+        return np.array([dp_accounting.rdp.compute_epsilon(acc.orders, acc.rdp * s + base, delta)[0] for s in steps])
     evaluated = np.unique(np.linspace(0, rounds - 1, min(rounds, max_pld_evaluations)).round().astype(int))
-    eps_at = {int(r): event_epsilon(event, int(steps[r]), delta, "pld", neighboring,
+    eps_at = {int(r): event_epsilon(event, int(steps[r]), delta, "pld", neighboring, prior=prior,
                                     pld_discretization=PLD_DISCRETIZATION * (1 if r == rounds - 1 else 10))
               for r in evaluated}
     nxt = evaluated[np.searchsorted(evaluated, np.arange(rounds))]

@@ -57,6 +57,31 @@ class PrivacyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PriorRelease:
+    """Releases a run makes from its records before the method's mechanism (a table's private
+    encoding, data/table_source.py), as the plan composes them: one Gaussian of multiplier
+    `noise_multiplier` at sensitivity 1 (k Gaussian releases of multiplier z each compose to
+    z / sqrt(k)) and `extra_delta` outside it (partition selection)."""
+
+    noise_multiplier: float
+    extra_delta: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithPrior(PrivacyConfig):
+    prior: PriorRelease | None = None
+
+
+def with_prior(privacy: PrivacyConfig, prior: PriorRelease | None) -> PrivacyConfig:
+    """The request as a method's build sees it: `plan_for` composes `prior` into the plan. The
+    user's PrivacyConfig (config.json, the CLI) never holds it: the driver derives it per run."""
+    if prior is None:
+        return privacy
+    fields = {f.name: getattr(privacy, f.name) for f in dataclasses.fields(PrivacyConfig)}
+    return _WithPrior(**fields, prior=prior)
+
+
+@dataclasses.dataclass(frozen=True)
 class Mechanism:
     """The Gaussian mechanism a method's code runs, in the accountant's terms.
 
@@ -83,7 +108,8 @@ class Mechanism:
 
 
 def plan_for(privacy: PrivacyConfig, mechanism: Mechanism, counts: np.ndarray) -> PrivacyPlan | None:
-    """The calibrated plan for `privacy` under `mechanism`; None when non-private.
+    """The calibrated plan for `privacy` under `mechanism`; None when non-private. A prior
+    release the request carries (`with_prior`) is composed into the plan's every epsilon.
 
     Refuses (typed errors, before anything runs) a unit the method does not implement and
     an unreachable budget, naming the options that would fix it.
@@ -105,7 +131,8 @@ def plan_for(privacy: PrivacyConfig, mechanism: Mechanism, counts: np.ndarray) -
                          accountant=privacy.accountant, noise_multiplier=privacy.noise_multiplier,
                          epsilon=privacy.epsilon,
                          client_sampling="poisson" if privacy.sampling == "poisson" else "without_replacement",
-                         example_sampling=mechanism.example_sampling, distributed_noise=privacy.distributed_noise)
+                         example_sampling=mechanism.example_sampling, distributed_noise=privacy.distributed_noise,
+                         **_prior_args(privacy))
     except UnreachableBudget:
         raise UnreachableBudget(_unreachable(privacy, mechanism, counts, batch)) from None
     spent = plan.report(mechanism.rounds)["epsilon"]
@@ -114,6 +141,11 @@ def plan_for(privacy: PrivacyConfig, mechanism: Mechanism, counts: np.ndarray) -
                                 f"{privacy.epsilon}: lower {{{mechanism.steps_param}}} (or fork a new run with a "
                                 "new budget)")
     return plan
+
+
+def _prior_args(privacy) -> dict:
+    prior = getattr(privacy, "prior", None)
+    return {} if prior is None else {"prior_multiplier": prior.noise_multiplier, "prior_delta": prior.extra_delta}
 
 
 def _unreachable(privacy, mechanism, counts, batch) -> str:

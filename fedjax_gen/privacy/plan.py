@@ -33,6 +33,13 @@ bounds, the smaller is used:
 Poisson client sampling runs in a padded capacity (privacy/capacity.py): the plan sizes it
 so the overflow's delta, (1 + e^eps) R beta, is at most OVERFLOW_SHARE of the target delta,
 and accounts the rest: report()["delta"] = delta_accountant + capacity_overflow_delta.
+
+A release made once before the mechanism from the same records (a table's private encoding:
+noisy histograms of ranges, vocabularies and classes, data/table_source.py) is a `prior`:
+one Gaussian of multiplier `prior_multiplier` at sensitivity 1 (add/remove one record; a
+replaced record moves two bins, sqrt 2), composed into every epsilon of the plan, so
+calibrating for --epsilon leaves the mechanism what the prior did not spend; `prior_delta`
+(partition selection's) is set aside from the target delta.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import dp_accounting
 import numpy as np
 
 from fedjax_gen.errors import UnreachableBudget, UserError
@@ -67,6 +75,8 @@ class PrivacyPlan:
     example_sampling: str = "poisson"  # "poisson" | "without_replacement" (example level)
     client_capacity: int = 0  # Poisson: cohort slots the engine must run (make_round(client_capacity=))
     rounds: int = 0  # the run length the capacity was sized for
+    prior_multiplier: float = 0.0  # a Gaussian release before the mechanism, composed in (0: none)
+    prior_delta: float = 0.0  # its delta outside the Gaussian (partition selection), set aside
 
     # ----- the mechanism
     @property
@@ -91,8 +101,22 @@ class PrivacyPlan:
 
     @property
     def delta_accountant(self) -> float:
-        """The delta the accountant is asked for; the rest is the capacity overflow's share."""
-        return self.delta * (1.0 - OVERFLOW_SHARE) if self.poisson_clients else self.delta
+        """The delta the accountant is asked for; the rest is the prior's and the capacity
+        overflow's share."""
+        delta = self.delta - self.prior_delta
+        return delta * (1.0 - OVERFLOW_SHARE) if self.poisson_clients else delta
+
+    def prior_event(self, accountant: str):
+        """The prior release as `accountant` reads it under the plan's relation (None: no prior).
+        Under replace-one a record moves two bins of a histogram (L2 sqrt 2): dp-accounting's PLD
+        reads Gaussian(m) as a shift of 2, its RDP as a shift of 1 (accounting.sampled_gaussian_event),
+        so the multipliers are sqrt(2) z and z / sqrt(2)."""
+        z = self.prior_multiplier
+        if z <= 0:
+            return None
+        if self.neighboring == "replace_one":
+            z = z * math.sqrt(2.0) if accountant == "pld" else z / math.sqrt(2.0)
+        return dp_accounting.GaussianDpEvent(float(z))
 
     @property
     def overflow_probability(self) -> float:
@@ -131,13 +155,13 @@ class PrivacyPlan:
         """Epsilon after `rounds` (default: the planned run) at multiplier z (default: the plan's)."""
         z = self.noise_multiplier if z is None else z
         rounds = self.rounds if rounds is None else rounds
-        if rounds == 0:
-            return 0.0
-        if z == 0.0:
+        if z == 0.0 and rounds:
             return math.inf
+        if rounds == 0 and self.prior_multiplier <= 0:
+            return 0.0
         return min(accounting.event_epsilon(e, k * rounds, self.delta_accountant, acc, self.neighboring,
-                                            pld_discretization=pld_discretization)
-                   for _, e, k, _, acc in self._stages(z))
+                                            pld_discretization=pld_discretization, prior=self.prior_event(acc))
+                   for _, e, k, _, acc in self._stages(z if z > 0 else 1.0))
 
     def schedule(self, rounds: int) -> tuple[np.ndarray, list[str]]:
         """Epsilon after each of rounds 1..R (at delta_accountant), and the bound that gave it."""
@@ -145,7 +169,8 @@ class PrivacyPlan:
         stages = self._stages(z if z > 0 else 1.0)
         if z == 0.0:
             return np.full((rounds,), np.inf), [stages[0][0]] * rounds
-        curves = np.stack([accounting.event_schedule(e, k, rounds, self.delta_accountant, acc, self.neighboring)
+        curves = np.stack([accounting.event_schedule(e, k, rounds, self.delta_accountant, acc, self.neighboring,
+                                                     prior=self.prior_event(acc))
                            for _, e, k, _, acc in stages])
         return np.min(curves, axis=0), [stages[i][0] for i in np.argmin(curves, axis=0)]
 
@@ -160,7 +185,7 @@ class PrivacyPlan:
         spill = capacity.overflow_delta(final, rounds, beta) if self.poisson_clients else 0.0
         block = {
             "epsilon": None if math.isinf(final) else final,
-            "delta": self.delta_accountant + spill,
+            "delta": self.delta_accountant + spill + self.prior_delta,
             "noise_multiplier": self.noise_multiplier,
             "sampling_rate": rate,
             "steps": rounds * per_round,
@@ -176,6 +201,8 @@ class PrivacyPlan:
         }
         if self.unit == "example":
             block["example_sampling"] = self.example_sampling
+        if self.prior_multiplier > 0:
+            block.update(prior_multiplier=self.prior_multiplier, prior_delta=self.prior_delta)
         if self.poisson_clients:
             block.update(client_capacity=self.client_capacity, capacity_overflow_probability=beta,
                          capacity_overflow_delta=spill)
@@ -198,13 +225,16 @@ def make_plan(
     client_sampling: str = "without_replacement",
     example_sampling: str = "poisson",
     distributed_noise: bool = False,
+    prior_multiplier: float = 0.0,
+    prior_delta: float = 0.0,
 ) -> PrivacyPlan:
     """Builds (and with `epsilon`, calibrates) the plan of the mechanism that runs.
 
     client_sampling: "poisson" (engine client_sampling="poisson", with this plan's
     client_capacity) or "without_replacement" (engine "fixed"). example_sampling (example
     level): "poisson" (privacy/sampling.py) or "without_replacement" (gan.sample_batch).
-    Refuses impossible budgets and mechanisms the accountant cannot analyse.
+    Refuses impossible budgets and mechanisms the accountant cannot analyse. prior_multiplier /
+    prior_delta: a release before the mechanism, composed into every epsilon (module docstring).
     """
     if (noise_multiplier is None) == (epsilon is None):
         raise UserError("DP needs exactly one of --noise-multiplier or --epsilon (with --delta)")
@@ -226,7 +256,11 @@ def make_plan(
     q = min(1.0, batch_size / n_min) if unit == "example" else 0.0
     plan = PrivacyPlan(unit, 0.0 if noise_multiplier is None else float(noise_multiplier), delta, accountant,
                        local_steps, p, q, epsilon, clients, clients_per_round, n_min,
-                       int(batch_size) if unit == "example" else 0, client_sampling, example_sampling, 0, rounds)
+                       int(batch_size) if unit == "example" else 0, client_sampling, example_sampling, 0, rounds,
+                       float(prior_multiplier), float(prior_delta))
+    if not 0.0 <= prior_delta < delta:
+        raise UserError(f"the releases before the mechanism need delta {prior_delta:g} of the target {delta:g}: "
+                        "raise --delta")
     if epsilon is not None:
         # PLD searches on a 10x coarser (pessimistic, ~10x faster) grid, then checks the fine one.
         search = None

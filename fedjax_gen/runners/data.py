@@ -10,6 +10,7 @@ import numpy as np
 
 from fedjax_gen import data as fdata
 from fedjax_gen.config import DataConfig
+from fedjax_gen.data import table_source
 from fedjax_gen.errors import InvalidValue
 
 
@@ -66,17 +67,23 @@ def data_layout(data) -> dict:
     return {"max_examples": data.max_examples, "client_buckets": buckets}
 
 
-def prepare_federated_data(cfg: DataConfig) -> FederatedData:
-    """Loads, subsamples and partitions the data; validates everything, writes nothing."""
-    dataset = load_dataset(cfg)
+def prepare_federated_data(cfg: DataConfig, **table) -> FederatedData:
+    """Loads, subsamples and partitions the data; validates everything, writes nothing.
+    table: for a csv: dataset, how its encoding is made (load_dataset)."""
+    dataset = load_dataset(cfg, **table)
     parts = fdata.partition(dataset.y_train, cfg.clients, cfg.partition, cfg.seed, dataset.clients_train)
     parts = fdata.cap_parts(parts, cfg.max_examples_per_client, cfg.seed)
     return FederatedData(dataset, parts)
 
 
-def load_dataset(cfg: DataConfig) -> fdata.Dataset:
+def load_dataset(cfg: DataConfig, **table) -> fdata.Dataset:
     """The run's dataset as the run saw it (subsampled with --max-train): attacks and
-    comparisons rebuild it from a saved DataConfig with this same function."""
+    comparisons rebuild it from a saved DataConfig with this same function. A table (csv:)
+    is encoded by table_source.load(cfg, **table): pass the run's saved encoding
+    (saved=config.json["table"]) to rebuild a run's, or its privacy request to make one."""
+    table_source.check_flags(cfg)
+    if table_source.is_table(cfg.dataset):
+        return table_source.load(cfg, **table)
     dataset = fdata.load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.max_train is not None:
         dataset = fdata.subsample(dataset, cfg.max_train, None, cfg.seed)

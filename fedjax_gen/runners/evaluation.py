@@ -20,14 +20,15 @@ UNSCORED = {"tstr_accuracy": None, "fid": None}
 
 
 def evaluate(dataset: fdata.Dataset, x_syn, y_syn, key, run, *, mode: str | None = None,
-             periodic: bool = False) -> dict:
+             periodic: bool = False, run_dir: RunDir | None = None) -> dict:
     """The metrics of results.json under the RunConfig, in `mode` (default run.eval_mode):
       full: TSTR over the recipe's seeds, logistic regression, the real-data ceiling, FID,
         precision/recall, MMD/KID, label coverage;
       quick: the same with one TSTR seed (the ceiling is the full recipe's, cached per dataset);
       none: nothing (UNSCORED).
     periodic (an --eval-every eval during training): one classifier seed, no logistic
-    regression, no ceiling: a curve, not the final score."""
+    regression, no ceiling: a curve, not the final score. A table is scored by
+    runners/table_run.score instead (its pictures into run_dir)."""
     from fedjax_gen.metrics import evaluate_synthetic
     from fedjax_gen.metrics.progress import Progress
     from fedjax_gen.metrics.recipe import DEFAULT_RECIPE
@@ -35,6 +36,10 @@ def evaluate(dataset: fdata.Dataset, x_syn, y_syn, key, run, *, mode: str | None
     mode = mode or run.eval_mode
     if mode == "none" and not periodic:
         return dict(UNSCORED)
+    if dataset.table is not None:
+        from fedjax_gen.runners import table_run
+
+        return table_run.score(dataset.table, x_syn, y_syn, run, mode, run_dir=run_dir, periodic=periodic)
     one_seed = dataclasses.replace(DEFAULT_RECIPE, seeds=1)
     if periodic:
         extra = dict(recipe=one_seed, ceiling=False, logreg=False)
@@ -48,15 +53,21 @@ def evaluate(dataset: fdata.Dataset, x_syn, y_syn, key, run, *, mode: str | None
 
 
 def export(run_dir: RunDir, dataset: fdata.Dataset, x_syn, y_syn) -> None:
-    """synthetic.npz and samples.png (one labelled row per class, readable at native size)."""
+    """synthetic.npz and samples.png (one labelled row per class, readable at native size); a
+    table's synthetic.npz, synthetic.csv and schema.json (runners/table_run.export)."""
+    if dataset.table is not None:
+        from fedjax_gen.runners import table_run
+
+        return table_run.export(run_dir, dataset.table, x_syn, y_syn)
     run_dir.write_synthetic(x_syn, y_syn)
     save_class_grid(run_dir.output("samples.png"), x_syn, y_syn, dataset.num_classes)
 
 
-def scored(dataset: fdata.Dataset, x_syn, y_syn, key, run, mode: str | None = None) -> tuple[dict, float]:
+def scored(dataset: fdata.Dataset, x_syn, y_syn, key, run, mode: str | None = None,
+           run_dir: RunDir | None = None) -> tuple[dict, float]:
     """(evaluate(...), its wall seconds); the fields results.json records about scoring."""
     t0 = time.time()
-    out = evaluate(dataset, x_syn, y_syn, key, run, mode=mode)
+    out = evaluate(dataset, x_syn, y_syn, key, run, mode=mode, run_dir=run_dir)
     return {**out, "eval": mode or run.eval_mode}, time.time() - t0
 
 
@@ -79,10 +90,11 @@ def _finished(run_dir: RunDir) -> tuple[dict, np.ndarray, np.ndarray]:
     if not os.path.exists(run_dir.file("results.json")):
         raise UserError(f"{run_dir.path} has no results.json: the run is not finished (finish it with --resume)")
     results = run_dir.read_json("results.json")
+    table = "table" in run_dir.read_json("config.json")
     try:
         with np.load(run_dir.file("synthetic.npz")) as f:
             x, y = np.asarray(f["x"]), np.asarray(f["y"])
-        if x.dtype != np.uint8 or y.ndim != 1 or len(x) != len(y) or len(x) < 4:
+        if x.dtype != (np.float32 if table else np.uint8) or y.ndim != 1 or len(x) != len(y) or len(x) < 4:
             raise ValueError(f"x {x.dtype} {x.shape}, y {y.shape}")
     except Exception as e:  # missing, truncated, not an npz, wrong arrays
         raise UserError(f"{run_dir.file('synthetic.npz')} is unreadable ({type(e).__name__}: {e}): re-export it "
@@ -105,13 +117,14 @@ def evaluate_run(path: str, mode: str = "full", progress: bool = True) -> dict:
     run_dir = RunDir(path)
     results, x, y = _finished(run_dir)
     saved = read_configs(run_dir)
-    dataset = load_dataset(saved.data)
-    if x.shape[1:] != dataset.image_shape:
-        raise UserError(f"{run_dir.file('synthetic.npz')} holds {x.shape[1:]} images, the run's dataset "
+    table = saved.raw.get("table")  # a table run: its own encoding, nothing released again
+    dataset = load_dataset(saved.data, **({"saved": table} if table is not None else {}))
+    if x.shape[1:] != dataset.image_shape or (table is not None and len(y) and y.max() >= dataset.num_classes):
+        raise UserError(f"{run_dir.file('synthetic.npz')} holds {x.shape[1:]} examples, the run's dataset "
                         f"{dataset.image_shape}: it is not this run's synthetic set")
     with run_dir.locked():
         run = dataclasses.replace(saved.run, eval_mode=mode, progress=progress)
-        evaluation, seconds = scored(dataset, x, y, run_key(saved.data.seed, "eval"), run)
+        evaluation, seconds = scored(dataset, x, y, run_key(saved.data.seed, "eval"), run, run_dir=run_dir)
         phases = {**(results.get("phase_seconds") or {"training": results.get("wall_seconds", 0.0)}),
                   "scoring": seconds}
         results = {**results, **evaluation, "phase_seconds": phases, "wall_seconds": sum(phases.values())}

@@ -25,7 +25,8 @@ from fedjax_gen import data as fdata
 from fedjax_gen import distributed, methods
 from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.config import DataConfig, PerformanceFlags, RunConfig
-from fedjax_gen.data.augment import applies, augment_images, parse_augment
+from fedjax_gen.data import table_source
+from fedjax_gen.data.augment import AUTO, applies, augment_images, parse_augment
 from fedjax_gen.errors import InvalidValue, NonFiniteState, UnreachableBudget, UserError
 from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place, run_rounds
 from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, with_uplink
@@ -36,6 +37,7 @@ from fedjax_gen.methods.secure_sum import SECAGG_BYTES_UP
 from fedjax_gen.privacy import config as pconfig
 from fedjax_gen.run_dir import RunDir, config_record
 from fedjax_gen.runners.data import FederatedData, data_layout, prepare_federated_data
+from fedjax_gen.runners import table_run
 from fedjax_gen.runners.evaluation import evaluate, export, scored, write_membership
 from fedjax_gen.runners.metric_writers import check_available, writers_for
 
@@ -88,13 +90,19 @@ def _jsonable(cfg) -> dict:
     return d
 
 
-def _check_run(job: Job, built) -> None:
+def _check_run(job: Job, built, dataset) -> None:
     run, perf = job.run, job.performance
     if job.privacy.private and built.plan is None:
         raise InvalidValue("unit", f"{job.method} implements no {job.privacy.unit}-level DP: drop {{unit}}")
     if run.num_synthetic == 0 and not methods.get(job.method).run_defaults.get("num_synthetic", 1) == 0:
         raise InvalidValue("num_synthetic", "{num_synthetic} must be >= 1 for a generator")
-    parse_augment(run.augment)  # a bad spec is refused before anything runs
+    spec = parse_augment(run.augment)  # a bad spec is refused before anything runs
+    if dataset.table is not None:
+        if spec is not None and spec is not AUTO:  # auto (a method's default) resolves to none on a table
+            raise InvalidValue("augment", "{augment} transforms images; a table's records take none: drop it")
+        table_run.positive_labels(dataset.table, run.positive_labels)  # a bad level is refused now
+    elif run.positive_labels is not None:
+        raise InvalidValue("positive_labels", "{positive_labels} applies to tables: use it with {dataset} csv:PATH")
     if perf.rounds_per_call > 1:
         for name in ("checkpoint_every", "eval_every"):
             every = getattr(run, name)
@@ -154,18 +162,26 @@ class _Session:
         self.job = job
         self.main = distributed.is_main_process()
         self.method = methods.get(job.method)
-        self.fed: FederatedData = prepare_federated_data(job.data)
+        table = table_source.is_table(job.data.dataset)
+        if table and self.method.table_refusal:
+            raise InvalidValue("dataset", f"{job.method} does not run on tables: {self.method.table_refusal}; use "
+                                          f"{', '.join(table_methods())} with {{dataset}} csv:")
+        self.fed: FederatedData = prepare_federated_data(job.data, **(_table_args(job) if table else {}))
         self.mesh = client_mesh(jax.devices()[:1] if self.method.single_device else None)
         n_dev = self.mesh.devices.size
         perf = job.performance
         self.execution = (default_execution("any", num_devices=n_dev) if perf.execution == "auto"
                           else parse_execution(perf.execution, n_dev))
-        ctx = methods.BuildContext(self.fed.dataset, self.fed.counts, job.options, job.privacy, perf, job.run,
+        privacy = job.privacy
+        t = self.fed.dataset.table
+        if t is not None and t.prior_multiplier > 0:  # the encoding's releases, composed into the plan
+            privacy = pconfig.with_prior(privacy, pconfig.PriorRelease(t.prior_multiplier, t.prior_delta))
+        ctx = methods.BuildContext(self.fed.dataset, self.fed.counts, job.options, privacy, perf, job.run,
                                    self.execution)
         self.built = self.method.build(ctx)
         if resumed_from is not None:
             self._check_budget(resumed_from)
-        _check_run(job, self.built)
+        _check_run(job, self.built, self.fed.dataset)
         self.keys = _keys(job.data.seed, self.built.fresh_noise)
         self.compression = _compression(job, self.built)
         # Error feedback's residuals are rows indexed by client id: one padded array, unbucketed.
@@ -217,7 +233,8 @@ class _Session:
             j.method, j.data, j.run, j.performance, j.privacy, j.options,
             **{self.method.config_key: _jsonable(b.config)}, plan=plan, execution=str(self.execution),
             devices=self.mesh.devices.size, backend=jax.default_backend(),
-            padded_clients_per_round=self.round.padded_clients, **data_layout(self.data))
+            padded_clients_per_round=self.round.padded_clients, **data_layout(self.data),
+            **({"table": self.fed.dataset.table.record()} if self.fed.dataset.table is not None else {}))
 
     def privacy_line(self) -> None:
         b = self.built
@@ -236,6 +253,29 @@ class _Session:
         finally:
             ckpt.close()
         return int(step)
+
+
+def table_methods() -> list[str]:
+    """The registered methods that run on tables."""
+    return [m for m in methods.names() if not methods.get(m).table_refusal]
+
+
+def _table_args(job: Job) -> dict:
+    """How a table's encoding is made for this run: a resumed run (or a fork) reuses the one its
+    config.json saved, releasing nothing again; a new run releases it under the run's privacy
+    request, with noise seeded from --seed, or drawn from the OS (never from --seed) when the
+    run charges a deployment's ledger (the one method that does: dct_gmm's --ledger)."""
+    source = job.run.out if job.run.resume else (job.run.from_checkpoint or "").partition(":")[0] or None
+    if source is not None:
+        rd = RunDir(source)
+        if rd.exists():
+            saved = rd.read_json("config.json").get("table")
+            if saved is None:
+                raise InvalidValue("from_checkpoint", f"{source} is not a table run: fork a table run")
+            return {"saved": saved}
+    deployment = getattr(job.options, "ledger", None) is not None
+    return {"privacy": job.privacy, "secure": bool(getattr(job.options, "secagg", False)),
+            "rng": np.random.default_rng() if deployment else None}
 
 
 def train(job: Job, *, resumed_from: dict | None = None) -> dict | None:
@@ -434,20 +474,25 @@ NOISE_SOURCES = {
 }
 
 
-def _privacy_block(built, privacy) -> dict:
+def _privacy_block(built, privacy, dataset=None) -> dict:
+    table = {} if dataset is None or dataset.table is None else {
+        "table_encoding": table_run.privacy_note(dataset.table, built.plan)}
     if built.mechanism is None:
-        return {"privacy_unit": None, "epsilon": None}
+        return {"privacy_unit": None, "epsilon": None, **table}
     block = pconfig.report(built.plan, built.mechanism, privacy, built.mechanism.rounds)
     block = built.secure.privacy_report(block, built.rounds) if built.secure is not None else block
     noisy = built.plan is not None or (built.secure is not None and built.secure.skellam is not None)
-    return {**block, "noise_source": NOISE_SOURCES[bool(built.fresh_noise)] if noisy else None}
+    return {**block, "noise_source": NOISE_SOURCES[bool(built.fresh_noise)] if noisy else None, **table}
 
 
 AUGMENT_STREAM = 0x417567  # fold_in tag: the transforms' keys never reuse the sampler's
 
 
 def _synthesize(s: "_Session", state, n: int, key):
-    """The method's synthetic set, then --augment's transforms (post-processing of the release)."""
+    """The method's synthetic set, then --augment's transforms (post-processing of the release).
+    A table's follows its class histogram and takes no transform."""
+    if s.fed.dataset.table is not None:
+        return table_run.synthesize(s.built, s.fed.dataset.table, state, n, key)
     x, y = s.built.synthesize(state, n, key)
     return augment_images(x, jax.random.fold_in(key, AUGMENT_STREAM), parse_augment(s.job.run.augment)), y
 
@@ -455,7 +500,7 @@ def _synthesize(s: "_Session", state, n: int, key):
 def _augment_applied(s: "_Session") -> str:
     """The transform the synthetic set really got (auto resolved against the image size)."""
     spec = parse_augment(s.job.run.augment)
-    return spec.spec() if applies(spec, s.fed.dataset.image_shape) else "none"
+    return spec.spec() if s.fed.dataset.table is None and applies(spec, s.fed.dataset.image_shape) else "none"
 
 
 def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bool) -> dict:
@@ -466,7 +511,7 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
     x, y = _synthesize(s, state, n, s.keys["eval"])
     export(run_dir, ds, x, y)
     export_seconds = time.time() - t_export
-    evaluation, scoring_seconds = scored(ds, x, y, s.keys["eval"], run)
+    evaluation, scoring_seconds = scored(ds, x, y, s.keys["eval"], run, run_dir=run_dir)
     R, N = built.rounds, s.num_clients
     per_round = s.rounds if len(s.rounds) > 1 else s.rounds * R
     raw_up = built.bytes_up(state) if built.bytes_up is not None else sum(r.bytes_up for r in per_round)
@@ -491,7 +536,7 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
         "num_synthetic": int(len(y)), "resumed_export": resumed_export, "uplink": job.run.uplink,
         "augment": _augment_applied(s),
         "bytes_up_uncompressed": int(raw_up), "compression_ratio": raw_up / max(bytes_up, 1),
-        "privacy": _privacy_block(built, job.privacy),
+        "privacy": _privacy_block(built, job.privacy, ds),
         **(built.results(state, ds) if built.results else {}),
     }
     if built.secure is not None:
@@ -508,7 +553,9 @@ def done_line(path: str, results: dict) -> str:
     """The closing line of a run (or of its later scoring): the scores and where the time went."""
     phases = results.get("phase_seconds") or {}
     split = ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+    fid = results.get("fid")
     score = ("not scored (--eval none): python experiments/evaluate.py " + path if results.get("tstr_accuracy") is None
-             else f"tstr_accuracy={results['tstr_accuracy']:.4f} fid={results['fid']:.3f}")
+             else f"tstr_accuracy={results['tstr_accuracy']:.4f} " + (f"fid={fid:.3f}" if fid is not None else
+                                                                     f"({results.get('tstr_model', '')})"))
     return (f"done: {path}  {score} bytes_up={results['bytes_up']:.3g} "
             f"({results['wall_seconds']:.1f} s: {split})")

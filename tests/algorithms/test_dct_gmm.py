@@ -168,6 +168,80 @@ def test_fit_recovers_class_moments():
     np.testing.assert_allclose(np.exp(m.class_log_probs), np.bincount(y), rtol=1e-5)  # log class counts
 
 
+def test_pooled_covariance_is_the_stated_pseudo_count_mix_and_off_without_noise():
+    """cov_c = (scatter_c + tau pooled) / (n_c + tau), tau = kappa sqrt(2 d) s_1 / (tr(pooled) / d),
+    against numpy on the noiseless statistic read with a stated (public) noise std; no noise: no pooling."""
+    x, y = _data(300)
+    b = jnp.asarray(fm.basis(CFG))
+    base = dict(dct_k=4, clip=2.0, cov_floor=1e-9, count_floor=0.0)
+    stat = fm.client_stat(fm.DctGmmConfig((8, 8, 1), 3, **base), b, None, x, y, jnp.ones(len(y), bool))
+    u = _ref_u(x)
+    d = u.shape[1]
+    scatter = np.stack([np.cov(u[y == c].T, bias=True) * np.sum(y == c) for c in range(3)])
+    n = np.bincount(y).astype(float)
+    pooled = scatter.sum(0) / n.sum()
+    s1 = 2.0
+    tau = 0.5 * math.sqrt(2 * d) * s1 / (np.trace(pooled) / d)
+    cfg = fm.DctGmmConfig((8, 8, 1), 3, pool_covariance=0.5, cov_atoms=d, **base)
+    m = fm.fit(cfg, stat, 1, moment_noise_std=s1)
+    for c in range(3):
+        np.testing.assert_allclose(np.asarray(m.chol[c] @ m.chol[c].T), (scatter[c] + tau * pooled) / (n[c] + tau),
+                                   atol=1e-4)
+    plain = fm.fit(fm.DctGmmConfig((8, 8, 1), 3, **base), stat, 1)
+    again = fm.fit(dataclasses.replace(cfg), stat, 1, moment_noise_std=0.0)
+    np.testing.assert_allclose(np.asarray(again.chol), np.asarray(plain.chol), atol=1e-6)
+
+
+def test_pooled_second_moment_gives_every_class_the_within_class_covariance():
+    """second_moment pooled: round 1 uploads one d(d+1)/2 block (C times fewer floats) and every
+    class gets the covariance pooled within classes, against numpy; means and counts unchanged."""
+    x, y = _data(300)
+    b = jnp.asarray(fm.basis(CFG))
+    base = dict(dct_k=4, clip=2.0, cov_floor=1e-9, count_floor=0.0)
+    cfg = fm.DctGmmConfig((8, 8, 1), 3, pooled_second=True, **base)
+    stat = fm.client_stat(cfg, b, None, x, y, jnp.ones(len(y), bool))
+    d = cfg.dim
+    assert stat.shape == (fm.stat_size(cfg, 1),) == (3 * (d + 1) + d * (d + 1) // 2,)
+    per_class = fm.client_stat(fm.DctGmmConfig((8, 8, 1), 3, **base), b, None, x, y, jnp.ones(len(y), bool))
+    np.testing.assert_allclose(fm.unpack(cfg, stat, 1)[1][0], fm.unpack(fm.DctGmmConfig((8, 8, 1), 3, **base),
+                                                                         per_class, 1)[1].sum(0), rtol=1e-5)
+    m = fm.fit(cfg, stat, 1)
+    u = _ref_u(x)
+    within = sum(np.cov(u[y == c].T, bias=True) * np.sum(y == c) for c in range(3)) / len(y)
+    for c in range(3):
+        np.testing.assert_allclose(m.means[c, 0], u[y == c].mean(0), atol=1e-4)
+        np.testing.assert_allclose(np.asarray(m.chol[c] @ m.chol[c].T), within, atol=1e-4)
+    np.testing.assert_allclose(np.exp(m.class_log_probs), np.bincount(y), rtol=1e-5)
+
+
+def test_second_moment_auto_pools_when_classes_hold_few_examples_against_the_noise():
+    """auto: pooled when N / C < POOL_BELOW_EXAMPLES_PER_NOISE x round 1's noise std, at example level."""
+    from fedjax_gen import methods
+    from fedjax_gen.config import PerformanceFlags, RunConfig
+    from fedjax_gen.data import load_dataset
+    from fedjax_gen.federated.execution import default_execution
+    from fedjax_gen.methods.dct_gmm import POOL_BELOW_EXAMPLES_PER_NOISE
+    from fedjax_gen.privacy.config import PrivacyConfig
+
+    digits, m = load_dataset("digits"), methods.get("dct_gmm")
+
+    def built(counts, eps, unit="example", **opts):
+        privacy = PrivacyConfig(unit=unit, epsilon=eps, accountant="pld", clip=3.0) if eps else PrivacyConfig()
+        ctx = methods.BuildContext(digits, np.asarray(counts), m.Options(**opts), privacy, PerformanceFlags(),
+                                   RunConfig(), default_execution("mlp"))
+        return m.build(ctx)
+
+    b = built(np.full(20, 60), 1.0)  # 120 examples per class against a noise std of ~8
+    s1 = b.results(None, digits)["noise_std_per_round"][0]
+    assert 1200 / 10 < POOL_BELOW_EXAMPLES_PER_NOISE * s1 and b.config.pooled_second
+    assert b.results(None, digits)["second_moment"] == "pooled"
+    assert not built(np.full(1000, 60), 1.0).config.pooled_second  # 60 000 examples: 6 000 per class (MNIST)
+    assert not built(np.full(20, 60), 0.0).config.pooled_second  # no noise: nothing to pool against
+    assert not built(np.full(20, 60), 1.0, unit="user").config.pooled_second  # user level keeps class
+    assert not built(np.full(20, 60), 1.0, second_moment="class").config.pooled_second
+    assert built(np.full(1000, 60), 1.0, second_moment="pooled").config.pooled_second
+
+
 def test_sample_draws_from_the_mixture():
     m = _model()
     d = CFG.dim

@@ -122,3 +122,26 @@ def test_uplink_compression_is_an_axis_of_the_study(tmp_path, capsys):
     assert {r["eval_split"] for r in rows.values() if r["status"] == "ok"} == {"validation:30"}
     config = json.load(open(os.path.join(raw["run"], "config.json")))
     assert config["data"]["validation"] == 30
+
+
+def test_a_table_study_runs_table_methods_and_skips_image_methods(tmp_path, tiny_table, capsys):
+    """--dataset csv:PATH with the experiments' table flags: dct_gmm runs (HGB TSTR in the table),
+    DENSE is a skipped row with the reason; a table flag on an image dataset is refused up front."""
+    from threadpoolctl import threadpool_limits
+
+    train, test = tiny_table
+    root = str(tmp_path / "study")
+    argv = ["--dataset", f"csv:{train}", "--test-csv", test, "--label-column", "label", "--scale", "tiny",
+            "--seeds", "1", "--budgets", "none", "--clients", "6", "--methods", "dct_gmm,dense", "--out", root]
+    assert cli.run(cli.compare_main, ["--label-column", "label", "--tiny", "--out", root]) == 2
+    assert "--label-column applies to tables" in capsys.readouterr().err and not os.path.exists(root)
+    with threadpool_limits(1, "openmp"):
+        assert cli.run(cli.compare_main, argv) == 0
+    rows = {r["method"]: r for r in csv.DictReader(open(os.path.join(root, "comparison.csv")))}
+    assert rows["dct_gmm"]["status"] == "ok" and rows["dct_gmm"]["attack"] == ""  # attacks read images
+    results = json.load(open(os.path.join(rows["dct_gmm"]["run"], "results.json")))
+    assert float(rows["dct_gmm"]["tstr_accuracy"]) == results["tstr_hgb_accuracy"]
+    assert float(rows["dct_gmm"]["real_ceiling"]) == results["real_hgb_accuracy"]
+    assert rows["dense"]["status"].startswith("skipped: dense does not run on tables: DENSE is an image method")
+    md = open(os.path.join(root, "comparison.md")).read()
+    assert "TSTR (HGB)" in md and "| dense | none | 0 |" in md
