@@ -450,9 +450,10 @@ def fit(cfg: DctGmmConfig, released, K: int, second_moment=None, moment_noise_st
         mu = jnp.where(active[..., None], mu, prev.means)
     n_c = jnp.sum(n_act, axis=1)  # [C]
     S = ff.unvech(second, d)  # [C, d, d], or [1, d, d] pooled over classes
-    scatter = S - jnp.einsum("ck,ckd,cke->cde", n_act, mu, mu)
     if cfg.pooled_second:  # one within-class scatter from all N examples, shared by every class
         scatter = jnp.broadcast_to(S[0] - jnp.einsum("ck,ckd,cke->de", n_act, mu, mu), (C, d, d))
+    else:
+        scatter = S - jnp.einsum("ck,ckd,cke->cde", n_act, mu, mu)
     n_cov = jnp.broadcast_to(jnp.sum(n_c), (C,)) if cfg.pooled_second else n_c  # the examples behind each scatter
     tau = jnp.zeros(())
     if cfg.pool_covariance > 0 and moment_noise_std > 0 and not cfg.pooled_second:
