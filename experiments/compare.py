@@ -9,6 +9,7 @@
 import sys
 
 from fedjax_gen import cli
+from fedjax_gen.compare.command import main
 
 if __name__ == "__main__":
-    sys.exit(cli.run(cli.compare_main))
+    sys.exit(cli.run(main))

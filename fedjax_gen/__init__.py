@@ -4,7 +4,8 @@ The curated namespace (`import fedjax_gen as fg`):
 
   data         fg.load_dataset, fg.partition, fg.pad_clients, fg.ClientData, fg.DataConfig
   engine       fg.FederatedAlgorithm, fg.ClientOutput, fg.make_round, fg.Execution
-  methods      fg.Method, fg.Built, fg.BuildContext, fg.ServerPhase, fg.Uploads,
+  methods      fg.Method, fg.Built, fg.BuildContext, fg.Rounds, fg.Synthesizer, fg.Release,
+               fg.ServerPhase, fg.Uploads,
                fg.register, fg.get_method, fg.method_names, fg.train, fg.Job
   configs      fg.RunConfig, fg.PerformanceFlags, fg.PrivacyConfig, fg.Mechanism, fg.plan_for, fg.option
   evaluation   fg.evaluate_synthetic
@@ -31,6 +32,9 @@ _EXPORTS = {
     "Method": ("fedjax_gen.methods", "Method"),
     "Built": ("fedjax_gen.methods", "Built"),
     "BuildContext": ("fedjax_gen.methods", "BuildContext"),
+    "Rounds": ("fedjax_gen.methods", "Rounds"),
+    "Synthesizer": ("fedjax_gen.methods", "Synthesizer"),
+    "Release": ("fedjax_gen.methods", "Release"),
     "ServerPhase": ("fedjax_gen.methods", "ServerPhase"),
     "Uploads": ("fedjax_gen.methods", "Uploads"),
     "register": ("fedjax_gen.methods", "register"),

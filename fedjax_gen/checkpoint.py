@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
 import orbax.checkpoint as ocp
 
 from fedjax_gen.errors import UserError
@@ -78,6 +77,3 @@ def _drop_orphaned_reads() -> None:
     sys.unraisablehook = hook
 
 
-def abstract_like(state):
-    """ShapeDtypeStructs (with shardings) of a concrete state, for restore."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -24,16 +24,20 @@ _MISSING = dataclasses.MISSING
 
 
 def option(default, help: str, *, choices=None, min=None, gt=None, lt=None, flag=None, aliases=(),
-           resumable: bool = False, negate: str | None = None):
+           resumable: bool = False, negate: str | None = None, metavar: str | None = None,
+           positional: bool = False):
     """A config field with its CLI declaration.
 
     min / gt / lt: the numeric domain (None values are always allowed for Optional fields);
     choices: allowed strings; flag: the flag name if not --field-name; resumable: may change
     when a run is resumed (everything else must match the saved run); negate: for a bool
-    that defaults to True, the name of the flag that turns it off (e.g. --no-progress).
+    that defaults to True, the name of the flag that turns it off (e.g. --no-progress);
+    metavar: the value's name in --help (default: FIELD_NAME); positional: a required
+    positional argument (e.g. evaluate.py RUN) instead of a flag.
     """
     meta = {"help": help, "choices": choices, "min": min, "gt": gt, "lt": lt, "flag": flag,
             "aliases": tuple(aliases), "resumable": resumable, "negate": negate}
+    meta.update({k: v for k, v in (("metavar", metavar), ("positional", positional)) if v})
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -75,7 +79,8 @@ def field_types(cls) -> dict:
 
 
 def from_dict(cls, d: dict):
-    """Builds cls from a (config.json) dict, ignoring unknown keys; tuples restored."""
+    """Builds cls from a (config.json) dict, ignoring unknown keys (a config.json written by a
+    version with other fields still reads); JSON lists stay lists (no option is a tuple)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
 

@@ -36,23 +36,12 @@ class InvalidValue(UserError):
         super().__init__(message, param=param)
 
 
-class InvalidPartition(InvalidValue):
-    """A partition spec or a client split that cannot be built from the data."""
-
-    def __init__(self, message: str, param: str = "partition"):
-        super().__init__(param, message)
-
-
 class UnreachableBudget(UserError):
     """No noise multiplier reaches the requested epsilon in the requested steps."""
 
 
 class RunDirError(UserError):
     """A run directory that exists, is locked by another process, or cannot be written."""
-
-
-class CheckpointError(UserError):
-    """A checkpoint that is missing, unreadable or of another configuration."""
 
 
 class NonFiniteState(UserError):

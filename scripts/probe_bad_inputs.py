@@ -13,7 +13,6 @@ file; tests/test_probe.py runs it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -25,6 +24,9 @@ import sys
 import tempfile
 import time
 import traceback
+import typing
+
+from fedjax_gen.config import option, validated
 
 CLEAN = "clean"
 
@@ -60,9 +62,10 @@ def _entry(name: str):
         from fedjax_gen.audit.command import main
         return main
     if name == "compare":
-        return cli.compare_main
+        from fedjax_gen.compare.command import main
+        return main
     if name == "evaluate":
-        return getattr(cli, "evaluate_main", None)
+        return cli.evaluate_main
     raise ValueError(name)
 
 
@@ -329,12 +332,22 @@ def _rooted(case: Case, placeholder: str, root: str) -> Case:
                                setup=(lambda r: setup(r)) if setup else None)
 
 
+@validated
+class ProbeOptions:
+    quick: bool = option(False, "one method's generic cases, every special case")
+    only: typing.Optional[str] = option(None, "run the cases whose name contains this")
+    json: typing.Optional[str] = option(None, "also write the verdicts here")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="one method's generic cases, every special case")
-    p.add_argument("--only", default=None, help="run the cases whose name contains this")
-    p.add_argument("--json", default=None, help="also write the verdicts here")
-    a = p.parse_args(argv)
+    from fedjax_gen import cli
+    from fedjax_gen.errors import UserError
+
+    try:
+        (a,) = cli.parse([ProbeOptions], argv, description=__doc__.splitlines()[0])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     results = probe(a.quick, a.only)
     bad = [r for r in results if not r[1].startswith(CLEAN)]
     print(f"{len(results) - len(bad)}/{len(results)} cases clean")

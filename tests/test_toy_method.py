@@ -25,7 +25,7 @@ from fedjax_gen.config import option, validated
 from fedjax_gen.data import load_dataset, subsample, to_float, to_uint8
 from fedjax_gen.federated import FederatedAlgorithm
 from fedjax_gen.federated.algorithm import ClientOutput
-from fedjax_gen.methods.base import Built, Method, Uploads, register
+from fedjax_gen.methods.base import Built, Method, Rounds, Uploads, register
 from fedjax_gen.methods.common import balanced_labels
 from fedjax_gen.run_dir import REQUIRED_RESULTS, RunDir
 from fedjax_gen.runners import attack
@@ -79,7 +79,7 @@ class Toy(Method):
 
         uploads = Uploads(from_round=True, format=lambda outs, state, n: {
             "sums": np.asarray(outs.upload["sums"]), "counts": np.asarray(outs.upload["counts"])})
-        return Built(algorithm=toy_algorithm(cfg), synthesize=synthesize, config=cfg, uploads=uploads)
+        return Built(rounds=Rounds(toy_algorithm(cfg)), synthesize=synthesize, config=cfg, uploads=uploads)
 
 
 @validated

@@ -192,6 +192,38 @@ def stat_size(cfg: DctGmmConfig, K: int, second: bool = True, sub: bool = False)
             + (cfg.second_classes * ff.num_moments(d) if second else 0))
 
 
+FLOAT_BYTES = 4  # every upload is float32
+
+
+def upload_floats(cfg: DctGmmConfig) -> int:
+    """Floats one client sends over the whole protocol: the clip's histogram (when it is
+    estimated), round 1 (one Gaussian per class: first moments and the second moment), then
+    rounds 2..R (K components' first moments, and their subspace moments with sub_rank); each
+    release also carries its client's weight (one float)."""
+    hist = cfg.norm_grid.bins + 1 if cfg.clip_quantile > 0 else 0
+    later = (cfg.rounds - 1) * (stat_size(cfg, cfg.components, second=False, sub=cfg.sub_rank > 0) + 1)
+    return hist + stat_size(cfg, 1) + 1 + later
+
+
+def fit_upload(cfg: DctGmmConfig, max_bytes: float, *, second_auto: bool, components_auto: bool) -> DctGmmConfig:
+    """The configuration whose whole upload fits `max_bytes` per client: a public,
+    data-independent rule (sizes follow from C, d and the rounds only). Where the choice is
+    auto, first the second moment is pooled over classes (C times fewer floats), then the
+    component cap K is lowered to the largest that fits; a size the user fixed is never
+    changed. ValueError (the method words it) when nothing fits."""
+    fits = lambda c: upload_floats(c) * FLOAT_BYTES <= max_bytes  # noqa: E731
+    if not fits(cfg) and second_auto and not cfg.pooled_second:
+        cfg = dataclasses.replace(cfg, pooled_second=True)
+    if not fits(cfg) and components_auto and cfg.rounds > 1:
+        one = dataclasses.replace(cfg, components=1)
+        per_k = stat_size(cfg, 1, second=False, sub=cfg.sub_rank > 0) * (cfg.rounds - 1) * FLOAT_BYTES
+        room = max_bytes - upload_floats(one) * FLOAT_BYTES
+        cfg = dataclasses.replace(cfg, components=max(1, min(cfg.components, 1 + int(room // per_k))))
+    if not fits(cfg):
+        raise ValueError(f"{upload_floats(cfg) * FLOAT_BYTES / 1e6:.3g} MB")
+    return cfg
+
+
 def unpack(cfg: DctGmmConfig, vec, K: int, second: bool = True, sub: bool = False):
     """Flat vector -> (first [C, K, d + 1], second [C or 1 when pooled, d(d+1)/2] or None); with
     sub also the subspace second moments [C, K, q(q+1)/2] (a third element)."""

@@ -130,6 +130,3 @@ def client_weight(cfg: GANConfig, client):
     return client.counts.astype(jnp.float32)
 
 
-def sample_grid_labels(num_classes: int, per_class: int):
-    """Labels for a class-per-row sample grid: [num_classes * per_class]."""
-    return jnp.repeat(jnp.arange(max(num_classes, 1)), per_class)

@@ -13,11 +13,12 @@
   images                the one uint8 -> float conversion, grid rows
 
 The attack runner (runners/attack.py) on finished runs:
-  registry              @register_attack(name, applies_to, needs, settings): the one place an
-                        attack is named; discover() imports every module here
+  registry              @register_attack(name, applies_to, needs, adversary, view, settings): the
+                        one place an attack is named; discover() imports every module here
   run_target            a run opened for attack (read_configs, the rebuilt dataset and method)
   context               what an attack is handed (queries, reference, write buffers)
   gan_runs              fbb (any method), pbb, wb, logan, gi, active (GANs)
   upload_runs           classifier, inversion (DENSE), distilled (DOSFL) on uploads.npz
   merf_runs             merf_mia, merf_recon, merf_aggregate, merf_active (DP-MERF)
+  merf_edge             merf_edge_mia: a two-level run's edge server on its own devices (DP-MERF)
 """

@@ -28,6 +28,8 @@ Views (the std of the Gaussian noise on the attacked client's crafted-round uplo
   central  sigma_r Delta_r: the whole release noise on one client's upload, i.e. what secure
            aggregation leaks about a client whose co-clients are known (DP's worst case)
 A non-private run is attacked at the noise of --dct_gmm-epsilon (a what-if, as merf_*).
+Each view's "server_view" says whether the server really receives it (the comparison's
+threat-model columns read only those).
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ def attack(t, s: DctGmmAttackSettings, key, seed: int) -> dict:
     stds = {r: mults[r] * cfg.round_sensitivity(r) for r in crafted}
     n_clients = int(t.saved.data.clients)
     views = {"clean": 0.0, "share": 1.0 / math.sqrt(n_clients), "central": 1.0}  # x stds[r]
+    seen = _server_views(bool(getattr(t.saved.options, "secagg", False)), source == "run")
     ids = [c for c in range(n_clients) if np.any(owner == c)][: s.max_clients]
     mem_scores, non_scores = [], []
     for c in ids:
@@ -190,11 +193,24 @@ def attack(t, s: DctGmmAttackSettings, key, seed: int) -> dict:
         bound = gdp_bounds(1.0 / math.sqrt(sum(m ** 2 for m in mu_parts)), 1.0) if len(mu_parts) == len(crafted) \
             else gdp_bounds(0.0)
         out[name] = {**rep, "auc_se": auc_standard_error(rep["auc"], rep["num_members"], rep["num_nonmembers"]),
-                     "noise_std_per_round": [frac * stds[r] for r in crafted], "gdp_bounds": bound}
+                     "noise_std_per_round": [frac * stds[r] for r in crafted], "gdp_bounds": bound,
+                     "server_view": seen[name]}
     return out
 
 
-@register_attack("dct_gmm_active", applies_to={"dct_gmm"}, needs=(), settings=DctGmmAttackSettings)
+def _server_views(secure: bool, private: bool) -> dict:
+    """Each view as the crafting server gets it. The crafted cell isolates the target, so the
+    round's sum is the attacked upload plus the release's noise: the central view under the
+    run's noise (the clean view without DP), whether or not secure aggregation masks each upload."""
+    isolated = "the sum (the crafted cell isolates the target's upload)"
+    what_if = "what-if: not what the server receives"
+    return {"clean": isolated if secure and not private else what_if if secure else "cleartext uploads",
+            "share": what_if,  # dct_gmm's clients add no noise of their own outside secure aggregation
+            "central": isolated + ", at the run's noise" if private else what_if}
+
+
+@register_attack("dct_gmm_active", applies_to={"dct_gmm"}, needs=(), settings=DctGmmAttackSettings,
+                 adversary="malicious_server", view="uploads")
 def dct_gmm_active(ctx, s: DctGmmAttackSettings, key):
     """Malicious server: a crafted rounds-2..R mixture isolating one target per client upload."""
     return attack(ctx.target, s, key, ctx.seed)

@@ -62,7 +62,7 @@ def _fbb_scores(t, queries, num_generated, key):
         for x, y in queries])
 
 
-@register_attack("fbb", applies_to="any", settings=FBBSettings,
+@register_attack("fbb", applies_to="any", settings=FBBSettings, adversary="consumer", view="release",
                  needs=lambda s: ("checkpoint",) if s.num_generated > 0 else ("synthetic",))
 def fbb(ctx, s: FBBSettings, key):
     """GAN-Leaks full black-box: distance of each query to its nearest synthetic sample."""
@@ -103,15 +103,17 @@ def _latent_attack(name: str, white_box: bool):
     return attack
 
 
-pbb = register_attack("pbb", applies_to=GAN, needs=("checkpoint",), settings=LatentSettings,
+pbb = register_attack("pbb", applies_to=GAN, needs=("checkpoint",), settings=LatentSettings, adversary="consumer",
+                      view="release",
                       help="GAN-Leaks partial black-box: zeroth-order latent search through G")(
     _latent_attack("pbb", white_box=False))
-wb = register_attack("wb", applies_to=GAN, needs=("checkpoint",), settings=LatentSettings,
+wb = register_attack("wb", applies_to=GAN, needs=("checkpoint",), settings=LatentSettings, adversary="consumer",
+                     view="release",
                      help="GAN-Leaks white-box: gradient latent search through G's weights")(
     _latent_attack("wb", white_box=True))
 
 
-@register_attack("logan", applies_to=GAN, needs=("checkpoint",))
+@register_attack("logan", applies_to=GAN, needs=("checkpoint",), adversary="server", view="aggregate")  # the server's D
 def logan(ctx, s, key):
     """LOGAN: the final discriminator's logit."""
     t = ctx.target
@@ -120,7 +122,8 @@ def logan(ctx, s, key):
     return mia_report(*ctx.split(logan_lib.logan_scores(t.config.discriminator, t.state().disc, x, _labels(t, y))))
 
 
-@register_attack("gi", applies_to=GAN, needs=("checkpoint",), settings=GISettings, default=False)
+@register_attack("gi", applies_to=GAN, needs=("checkpoint",), settings=GISettings, default=False, adversary="server",
+                 view="uploads")
 def gi(ctx, s: GISettings, key):
     """Gradient inversion of one-example discriminator updates of member examples.
 
@@ -167,7 +170,7 @@ def _masked_updates(grads, key, bits: int = 32):
     return jax.tree.unflatten(treedef, [jnp.asarray(p.reshape(a.shape)) for p, a in zip(parts, leaves)])
 
 
-@register_attack("active", applies_to=GAN, default=False)
+@register_attack("active", applies_to=GAN, default=False, adversary="malicious_server", view="uploads")
 def active(ctx, s, key):
     """Imprint (Robbing the Fed) on clients' batches, with example/user-level DP sweeps."""
     t = ctx.target

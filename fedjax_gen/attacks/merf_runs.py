@@ -20,7 +20,9 @@ multiplier z (a non-private run is attacked at the z of --merf-epsilon, as a wha
 Noise beyond what uploads.npz already carries is added here. A secure-aggregation run's
 uploads.npz holds masked integers (key "masked"): they are attacked as the one view "masked",
 read as the float upload the server would decode them to, with nothing added. Every view reports gdp_bounds
-(the best any attack, with any W, can reach at that std) next to the measured numbers.
+(the best any attack, with any W, can reach at that std) next to the measured numbers, and its
+"server_view": what the server really receives ("cleartext uploads", "masked uploads", a sum)
+or "what-if: ..." (noise added here); the comparison's threat-model columns read only the former.
 The attacker's public data (reference embeddings, pixel prior) is half of the held-out
 examples; the other half are the non-member queries, so no query is its own reference.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -103,22 +106,24 @@ def _padded(rows: list[np.ndarray]):
     return idx, np.arange(n)[None, :] < np.array([len(r) for r in rows])[:, None]
 
 
-def setting(t, uploads: dict | None, max_clients: int, epsilon: float, seed: int) -> Setting:
+def setting(t, uploads: dict | None, max_clients: int, epsilon: float, seed: int, groups=None) -> Setting:
     """t: the opened run (attacks.run_target.RunTarget); uploads: its uploads.npz or None (the
     active and aggregate attacks need no uploads: then clients 0..max_clients-1 are attacked
-    and W comes from the checkpoint)."""
+    and W comes from the checkpoint). groups: per attacked row, the clients whose examples it
+    sums (an edge's devices: the members of an edge sum); None: row k is client client_ids[k]."""
     cfg = t.config
     ds, owner = t.dataset, t.membership["train_client"]
     if uploads is not None:
         ids = uploads["client_ids"][:max_clients]
     else:
         ids = np.arange(min(max_clients, int(t.saved.data.clients)))
+    groups = [np.array([c]) for c in ids] if groups is None else list(groups)[: len(ids)]
     rng = np.random.default_rng(seed)
     held = rng.permutation(t.membership["nonmembers"])
     query_pool, public = held[: len(held) // 2], held[len(held) // 2:]
     if not len(query_pool):
         raise UserError("DP-MERF attacks need >= 2 held-out examples (non-member queries and public data)")
-    members = [np.flatnonzero(owner == c) for c in ids]
+    members = [np.flatnonzero(np.isin(owner, g)) for g in groups]
     nonmembers = [matched_nonmembers(rng, ds.y_train[m], ds.y_test, query_pool) for m in members]
     mi, m_mask = _padded(members)
     ni, n_mask = _padded(nonmembers)
@@ -202,8 +207,23 @@ def _views(s: Setting, saved_std: float):
             yield name, std, math.sqrt(max(std**2 - saved_std**2, 0.0))
 
 
-def _view_header(s: Setting, std: float) -> dict:
-    return {"noise_std": std, "bounds": merf.gdp_bounds(std)}
+def _view_header(s: Setting, std: float, view: str | None = None) -> dict:
+    return {"noise_std": std, "bounds": merf.gdp_bounds(std), **({"server_view": view} if view else {})}
+
+
+def _received_std(cfg) -> float | None:
+    """Noise std on each upload as the server receives it (None: masked, secure aggregation)."""
+    if cfg.secure_noise:
+        return None
+    return cfg.noise_std / math.sqrt(cfg.noise_shares) if cfg.distributed_noise else 0.0
+
+
+def _upload_view(std: float, received: float | None) -> str:
+    """A per-client view at noise std `std`: what the server receives (received: the std its
+    uploads carry, None when it receives masked uploads), or a what-if with noise added here."""
+    if received is not None and std <= received * (1.0 + 1e-5):  # uploads.npz stores the std in float32
+        return "cleartext uploads"
+    return "what-if: one client's upload at this noise (not what the server receives)"
 
 
 def _masked_header(uploads: dict) -> dict:
@@ -232,10 +252,14 @@ def passive(s: Setting, uploads: dict, key, *, mia: bool, recon: bool, rcfg: mer
            "merf_recon": {**_common(s), "uploads_noise_std": saved}}
     grid = []
     masked = "masked" in uploads  # secure aggregation: the server's view is masked integers
-    views = [("masked", None, 0.0)] if masked else list(_views(s, saved))
+    edges = edge_rows(uploads)  # a two-level run's cloud: edge sums, attacked as they are (no what-if)
+    views = [("masked", None, 0.0)] if masked else [v for v in _views(s, saved) if not edges or v[1] == 0.0]
     for i, (name, std, extra) in enumerate(views):
         emb, cnt = merf.add_noise(emb0, cnt0, extra, jax.random.fold_in(key, i)) if extra else (emb0, cnt0)
-        header = _masked_header(uploads) if masked else _view_header(s, std)
+        header = _masked_header(uploads) if masked else _view_header(
+            s, std, str(uploads["server_view"]) if edges else _upload_view(std, saved))
+        if edges:
+            header["rows"] = "edges: membership of one device's examples in its edge's sum"
         if mia:
             out["merf_mia"][name] = {**header, **client_mia(s, s.w, emb, cnt, ref)}
         if recon:  # the MAP prior weight needs a std: the noise the released sum carries
@@ -286,10 +310,14 @@ def aggregate(t, s: Setting, num_queries: int, key, seed: int) -> dict:
     out = {"num_members": int(len(mi)), "num_nonmembers": int(len(ni)),
            "noise_multiplier": s.noise_multiplier, "noise_source": s.noise_source,
            "released_minus_noiseless_max_abs": float(jnp.max(jnp.abs(state.embedding - clean[0])))}
+    # The noiseless sum is the server's only where it receives clean uploads (central noise, no DP)
+    views = {"noiseless": "the noiseless sum" if _received_std(s.cfg) == 0 else
+             "what-if: the sum without its noise (not what the server receives)",
+             "released": "the released noisy sum", "central_what_if": "what-if: the sum at --merf-epsilon's noise"}
     for name, ((emb, cnt), std) in quantities.items():
         sm = merf.membership_scores(w, emb[None], cnt[None], ref, ds.x_train[mi][None], ds.y_train[mi][None])
         sn = merf.membership_scores(w, emb[None], cnt[None], ref, ds.x_test[ni][None], ds.y_test[ni][None])
-        out[name] = {**_view_header(s, std), **_mia_report(np.asarray(sm[0]), np.asarray(sn[0]))}
+        out[name] = {**_view_header(s, std, views[name]), **_mia_report(np.asarray(sm[0]), np.asarray(sn[0]))}
     return out
 
 
@@ -330,7 +358,7 @@ def active(s: Setting, key, rcfg: merf.ReconConfig, bases=tuple(merf.CRAFTED)):
                 emb, cnt, header = _masked_cohort(emb0, cnt0, k)
             else:
                 emb, cnt = merf.add_noise(emb0, cnt0, extra, k)
-                header = _view_header(s, std)
+                header = _view_header(s, std, _upload_view(std, _received_std(s.cfg)))
             rep, rec = client_recon(s, tg, w, emb, cnt, std if std is not None else max(s.cfg.noise_std, 1.0),
                                     jax.random.fold_in(k, 1), rcfg)
             out[basis][name] = {**header, "mia": client_mia(s, w, emb, cnt, ref), "recon": rep}
@@ -350,6 +378,25 @@ def _diff(crafted: dict, honest: dict, attack: str, metric: str):
     return None if a is None or b is None else float(a - b)
 
 
+def edge_rows(uploads: dict) -> bool:
+    """A two-level run's uploads.npz: the cloud's view, one row per edge (client_ids are edge ids)."""
+    return "rows" in uploads and str(uploads["rows"]) == "edges"
+
+
+def edge_groups(t, edge_ids) -> list:
+    """The devices of each edge, from the run's public assignment (results.json's topology,
+    dealt with methods/two_level.py's fixed assignment key, as the run dealt it)."""
+    from fedjax_gen.federated import topology as topo_lib
+    from fedjax_gen.methods.two_level import ASSIGNMENT_KEY
+
+    path = t.run_dir.file("results.json")
+    spec = (t.run_dir.read_json("results.json").get("topology") or {}) if os.path.exists(path) else {}
+    if "spec" not in spec or "num_clients" not in spec:
+        raise UserError(f"{path} lacks topology.spec / num_clients: rerun the two-level experiment")
+    topo = topo_lib.parse_topology(spec["spec"], int(spec["num_clients"]), jax.random.key(ASSIGNMENT_KEY))
+    return [topo.members(int(e)) for e in edge_ids]
+
+
 def load_uploads(t) -> dict:
     up = t.uploads()
     if "embedding" not in up or "freq_seed" not in up:
@@ -362,7 +409,10 @@ def _setting(ctx, s: MERFAttackSettings) -> Setting:
     when there is one."""
     def make():
         uploads = load_uploads(ctx.target) if "uploads" in ctx.target.artefacts() else None
-        return uploads, setting(ctx.target, uploads, s.max_clients, s.merf_epsilon, ctx.seed)
+        groups = None
+        if uploads is not None and edge_rows(uploads):  # the cloud's view: row k sums edge k's devices
+            groups = edge_groups(ctx.target, uploads["client_ids"][: s.max_clients])
+        return uploads, setting(ctx.target, uploads, s.max_clients, s.merf_epsilon, ctx.seed, groups=groups)
 
     return ctx.memo("merf_setting", make)
 
@@ -395,20 +445,21 @@ def _passive(name: str):
 
 
 _MERF = dict(applies_to={"dp_merf"}, settings=MERFAttackSettings, summary=summary)
-register_attack("merf_mia", needs=("uploads",), help="membership against each client's random-feature upload",
-                **_MERF)(_passive("merf_mia"))
-register_attack("merf_recon", needs=("uploads",), help="MAP reconstruction of one- or few-image class rows of "
-                "an upload (attack_merf_recon.png)", **_MERF)(_passive("merf_recon"))
+register_attack("merf_mia", needs=("uploads",), adversary="server", view="uploads",
+                help="membership against each client's random-feature upload", **_MERF)(_passive("merf_mia"))
+register_attack("merf_recon", needs=("uploads",), adversary="server", view="uploads",
+                help="MAP reconstruction of one- or few-image class rows of an upload (attack_merf_recon.png)",
+                **_MERF)(_passive("merf_recon"))
 
 
-@register_attack("merf_aggregate", needs=("checkpoint",), **_MERF)
+@register_attack("merf_aggregate", needs=("checkpoint",), adversary="server", view="aggregate", **_MERF)
 def merf_aggregate(ctx, s: MERFAttackSettings, key):
     """Membership against the released noisy sum (secure aggregation)."""
     _, st = _setting(ctx, s)
     return aggregate(ctx.target, st, ctx.num_queries, key, ctx.seed)
 
 
-@register_attack("merf_active", needs=("checkpoint",), **_MERF)
+@register_attack("merf_active", needs=("checkpoint",), adversary="malicious_server", view="uploads", **_MERF)
 def merf_active(ctx, s: MERFAttackSettings, key):
     """Malicious server: crafted random-Fourier frequencies vs the honest W (attack_merf_active.png)."""
     _, st = _setting(ctx, s)

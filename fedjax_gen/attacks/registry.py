@@ -3,14 +3,27 @@
 An attack is a function `fn(ctx, settings, key) -> report` (ctx: `AttackContext`, settings:
 an instance of its settings dataclass or None, key: its own PRNG key) registered with
 
-  @register_attack("logan", applies_to={"gan_config"}, needs=("checkpoint",), settings=None)
+  @register_attack("logan", applies_to={"gan_config"}, needs=("checkpoint",), adversary="server",
+                   view="aggregate")
 
 applies_to   which runs it attacks: "any", a set of tags, or a predicate `(RunTarget) -> bool`.
              A run's tags are its method's name ("dense") and its internal-config kind
              ("gan_config": both GANs), so a set names methods or a method property.
 needs        the artefacts it reads: "synthetic" (synthetic.npz), "checkpoint" (checkpoints/),
-             "uploads" (uploads.npz), "reference" (--reference); or a function of its settings
+             "uploads" (uploads.npz), "edge_uploads" (a two-level run's uploads_edge<e>.npz: an
+             edge server's view of its devices), "reference" (--reference); or a function of its settings
              returning them (fbb reads the checkpoint only to sample fresh images).
+adversary    who could mount it (ADVERSARIES): "consumer" (anyone holding the synthetic set or
+             the released generator), "server" (honest-but-curious, with what it receives),
+             "malicious_server" (it crafts what it broadcasts), "edge_server" (a two-level run's
+             edge server, honest-but-curious about its own devices). Derived only where `needs` says
+             it unambiguously: the synthetic set alone -> consumer, uploads -> server; else
+             required. An attack calibrated on --reference keeps the adversary of what it attacks.
+view         what it reads (VIEWS), unless its report says otherwise under a "server_view" or
+             "view" key: "release" (the synthetic set, the released generator), "aggregate" (what
+             the server holds after aggregation, secure or not: the aggregated model, the noisy
+             sum), "uploads" (one client's upload in the clear: not what a secure-aggregation
+             server receives). Default: consumer -> release, needs uploads -> uploads; else required.
 settings     a frozen `config.option` dataclass: its fields become the runner's flags (shared
              by name between attacks when declared identically), their help and domain, and
              its values are what attack_results.json records under "settings".
@@ -30,7 +43,9 @@ from typing import Any, Callable
 
 from fedjax_gen.errors import UserError
 
-ARTEFACTS = ("synthetic", "checkpoint", "uploads", "reference")
+ARTEFACTS = ("synthetic", "checkpoint", "uploads", "edge_uploads", "reference")
+ADVERSARIES = ("consumer", "server", "malicious_server", "edge_server")
+VIEWS = ("release", "aggregate", "uploads")
 
 
 def summarize(report: dict, prefix: str = "") -> str:
@@ -55,6 +70,8 @@ class Attack:
     summary: Callable[[dict], str]
     help: str
     applies_text: str
+    adversary: str = "consumer"
+    view: str = "release"
 
     def needs_for(self, settings) -> tuple:
         return tuple(self.needs(settings))
@@ -72,9 +89,30 @@ def _predicate(applies_to) -> tuple[Callable, str]:
     return (lambda target: bool(tags & target.tags)), ", ".join(sorted(tags)) + " runs"
 
 
-def register_attack(name: str, *, applies_to, needs=(), settings: type | None = None, default: bool = True,
+def _threat(name: str, needs, adversary: str | None, view: str | None) -> tuple[str, str]:
+    """(adversary, view): as given, or derived from fixed `needs` where unambiguous."""
+    read = set() if callable(needs) else set(needs) - {"reference"}  # a calibration reads what it attacks
+    if adversary is None:
+        adversary = "consumer" if read == {"synthetic"} else "server" if "uploads" in read else None
+        if adversary is None:
+            raise ValueError(f"attack {name!r}: declare adversary= (one of {ADVERSARIES}): its needs do not say "
+                             "who could mount it")
+    if view is None:
+        view = "release" if adversary == "consumer" else "uploads" if "uploads" in read else None
+        if view is None:
+            raise ValueError(f"attack {name!r}: declare view= (one of {VIEWS}): its needs do not say what it reads")
+    if adversary not in ADVERSARIES:
+        raise ValueError(f"attack {name!r}: adversary {adversary!r} is not one of {ADVERSARIES}")
+    if view not in VIEWS:
+        raise ValueError(f"attack {name!r}: view {view!r} is not one of {VIEWS}")
+    return adversary, view
+
+
+def register_attack(name: str, *, applies_to, needs=(), adversary: str | None = None, view: str | None = None,
+                    settings: type | None = None, default: bool = True,
                     summary: Callable[[dict], str] = summarize, help: str | None = None):
     """Function decorator registering an attack (see the module docstring)."""
+    adversary, view = _threat(name, needs, adversary, view)
     if not callable(needs):
         bad = [n for n in needs if n not in ARTEFACTS]
         if bad:
@@ -87,7 +125,7 @@ def register_attack(name: str, *, applies_to, needs=(), settings: type | None = 
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"attack {name!r} is already registered by {_REGISTRY[name].fn.__module__}")
         doc = help if help is not None else (((fn.__doc__ or "").strip().splitlines() or [""])[0])
-        _REGISTRY[name] = Attack(name, fn, applies, needs, settings, default, summary, doc, text)
+        _REGISTRY[name] = Attack(name, fn, applies, needs, settings, default, summary, doc, text, adversary, view)
         return fn
 
     return wrap
@@ -133,6 +171,15 @@ def settings_fields() -> dict[str, dataclasses.Field]:
 
 def applicable(target) -> list[Attack]:
     return [a for a in _REGISTRY.values() if a.applies(target)]
+
+
+def attack_of(result: str) -> Attack | None:
+    """The registered attack behind an attack_results.json entry: its own name, or a variant it
+    emitted (AttackContext.emit: "fbb_cal" is fbb's); None for an unknown name."""
+    if result in _REGISTRY:
+        return _REGISTRY[result]
+    owners = [n for n in _REGISTRY if result.startswith(n + "_")]
+    return _REGISTRY[max(owners, key=len)] if owners else None
 
 
 def missing(attack: Attack, settings, target, has_reference: bool) -> list[str]:

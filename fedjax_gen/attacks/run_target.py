@@ -98,7 +98,18 @@ class RunTarget:
             have.add("checkpoint")
         if os.path.exists(self.run_dir.file("uploads.npz")):
             have.add("uploads")
+        if self.edge_upload_files():
+            have.add("edge_uploads")
         return have
+
+    def edge_upload_files(self) -> list:
+        """A two-level run's edge views (uploads_edge<e>.npz), by edge id."""
+        names = [n for n in os.listdir(self.run_dir.path) if n.startswith("uploads_edge") and n.endswith(".npz")]
+        return sorted(names, key=lambda n: int(n[len("uploads_edge"):-4]) if n[12:-4].isdigit() else -1)
+
+    def edge_uploads(self) -> dict:
+        """The first edge view the run wrote (methods/two_level.py writes the first active edge's)."""
+        return self._cached("edge_uploads", lambda: read_npz(self.run_dir.file(self.edge_upload_files()[0])))
 
     def _cached(self, name, make):
         if name not in self._memo:
@@ -134,7 +145,7 @@ class RunTarget:
             if not os.path.isdir(self.run_dir.checkpoint_dir):
                 raise UserError(f"{self.run_dir.path}: no checkpoints/ directory; these attacks need the final "
                                 "model state: rerun training with checkpoints or choose other --attacks")
-            abstract = jax.eval_shape(self.built().algorithm.init, jax.random.key(0))
+            abstract = jax.eval_shape(self.built().rounds.first.init, jax.random.key(0))
             ckpt = Checkpointer(self.run_dir.checkpoint_dir, create=False)
             try:
                 return ckpt.restore(None, abstract)

@@ -144,7 +144,8 @@ def _pool(ctx):
     return np.random.default_rng(ctx.seed).permutation(ctx.target.membership["nonmembers"])
 
 
-@register_attack("classifier", applies_to={"dense"}, needs=("uploads",), settings=ClientSettings)
+@register_attack("classifier", applies_to={"dense"}, needs=("uploads",), settings=ClientSettings, adversary="server",
+                 view="uploads")
 def classifier(ctx, s: ClientSettings, key):
     """Loss / confidence MIA on the uploaded client classifiers."""
     t = ctx.target
@@ -153,7 +154,8 @@ def classifier(ctx, s: ClientSettings, key):
                           num_any_class=ctx.num_queries, seed=ctx.seed)
 
 
-@register_attack("inversion", applies_to={"dense"}, needs=("uploads",), settings=InversionSettings)
+@register_attack("inversion", applies_to={"dense"}, needs=("uploads",), settings=InversionSettings, adversary="server",
+                 view="uploads")
 def inversion_attack(ctx, s: InversionSettings, key):
     """Model inversion of the uploaded client classifiers (attack_inversion.png)."""
     t = ctx.target
@@ -165,7 +167,8 @@ def inversion_attack(ctx, s: InversionSettings, key):
     return report
 
 
-@register_attack("distilled", applies_to={"dosfl"}, needs=("uploads",), settings=ClientSettings)
+@register_attack("distilled", applies_to={"dosfl"}, needs=("uploads",), settings=ClientSettings, adversary="server",
+                 view="uploads")
 def distilled_attack(ctx, s: ClientSettings, key):
     """Uploaded distilled images vs their owner's private examples."""
     t = ctx.target

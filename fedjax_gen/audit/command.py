@@ -10,36 +10,51 @@ mechanism comes from the flags and audit.json goes to --out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import typing
 
+from fedjax_gen import cli
 from fedjax_gen.audit.canaries import BROKEN, CanaryAudit, plan_for_audit, run_audit
+from fedjax_gen.config import option, validated
 from fedjax_gen.errors import UserError
 from fedjax_gen.run_dir import RunDir
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", default=None, help="a finished user-level DP run directory (reads results.json)")
-    p.add_argument("--out", default=None, help="where audit.json goes without --run")
-    p.add_argument("--clients", type=int, default=1000)
-    p.add_argument("--clients-per-round", type=int, default=500)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--noise-multiplier", type=float, default=None)
-    p.add_argument("--epsilon", type=float, default=None, help="calibrate sigma for this epsilon instead")
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--accountant", default="rdp", choices=("rdp", "pld"))
-    p.add_argument("--client-sampling", default="poisson", choices=("poisson", "without_replacement"))
-    g = p.add_argument_group("audit")
-    g.add_argument("--canaries", type=int, default=None, help="default: half the clients, at most 500")
-    g.add_argument("--dim", type=int, default=4096, help="the linear model's size (canary directions)")
-    g.add_argument("--confidence", type=float, default=0.95)
-    g.add_argument("--broken", default="none", choices=["none"] + [b for b in BROKEN if b],
-                   help="deliberately break the mechanism (the audit must then exceed the claim)")
-    g.add_argument("--seed", type=int, default=0)
-    return p
+@validated
+class MechanismOptions:
+    """The audited mechanism: read from --run's results.json, or these flags without --run."""
+
+    run: typing.Optional[str] = option(None, "a finished user-level DP run directory (reads results.json)")
+    out: typing.Optional[str] = option(None, "where audit.json goes without --run")
+    clients: int = option(1000, "without --run: the client population")
+    clients_per_round: int = option(500, "without --run: clients sampled per round (expected, under poisson)")
+    rounds: int = option(10, "without --run: rounds")
+    noise_multiplier: typing.Optional[float] = option(None, "without --run: the noise std / clip (or --epsilon)")
+    epsilon: typing.Optional[float] = option(None, "calibrate sigma for this epsilon instead")
+    delta: float = option(1e-5, "without --run: the target delta")
+    accountant: str = option("rdp", "without --run: the accountant", choices=("rdp", "pld"))
+    client_sampling: str = option("poisson", "without --run: how a round's clients are drawn",
+                                  choices=("poisson", "without_replacement"))
+
+
+@validated
+class AuditOptions:
+    """The audit itself: canaries, the linear model, the confidence of the bound."""
+
+    canaries: typing.Optional[int] = option(None, "default: half the clients, at most 500", min=1)
+    dim: int = option(4096, "the linear model's size (canary directions)", min=1)
+    confidence: float = option(0.95, "confidence of the epsilon lower bound", gt=0.0, lt=1.0)
+    broken: str = option("none", "deliberately break the mechanism (the audit must then exceed the claim)",
+                         choices=("none", *(b for b in BROKEN if b)))
+    seed: int = option(0, "seed of the canaries, which of them take part, and the rounds' sampling and noise")
+
+
+_OPTIONS = (MechanismOptions, ("audit", AuditOptions))
+
+
+def build_parser():
+    return cli.build_parser(*_OPTIONS, description=__doc__.splitlines()[0])
 
 
 def _mechanism_from_run(run: str) -> dict:
@@ -81,41 +96,47 @@ def _check_out(out_dir: str) -> RunDir:
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.run:
-        mech = _mechanism_from_run(args.run)
-        out_dir = args.run
+    """experiments/audit.py: argv -> audit(...)."""
+    mech, opts = cli.parse(_OPTIONS, argv, description=__doc__.splitlines()[0])
+    return audit(mech, opts)
+
+
+def audit(mechanism: MechanismOptions, options: AuditOptions = AuditOptions()) -> dict:
+    """Audits the mechanism (mechanism.run's, else the flags'), writes audit.json beside the run
+    (or in mechanism.out) and returns it; bad input is a UserError before anything is written."""
+    if mechanism.run:
+        mech = _mechanism_from_run(mechanism.run)
+        out_dir = mechanism.run
     else:
-        if (args.noise_multiplier is None) == (args.epsilon is None):
+        m = mechanism
+        if (m.noise_multiplier is None) == (m.epsilon is None):
             raise UserError("give exactly one of --noise-multiplier or --epsilon (or --run RUN)")
-        if not args.out:
+        if not m.out:
             raise UserError("without --run, give --out DIR for audit.json")
-        mech = dict(clients=args.clients, clients_per_round=args.clients_per_round, rounds=args.rounds,
-                    noise_multiplier=args.noise_multiplier, delta=args.delta, accountant=args.accountant,
-                    client_sampling=args.client_sampling, run_reported_epsilon=None)
-        out_dir = args.out
+        mech = dict(clients=m.clients, clients_per_round=m.clients_per_round, rounds=m.rounds,
+                    noise_multiplier=m.noise_multiplier, delta=m.delta, accountant=m.accountant,
+                    client_sampling=m.client_sampling, run_reported_epsilon=None)
+        out_dir = m.out
     rd = _check_out(out_dir)
-    if not 0 < args.confidence < 1:
-        raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
     if mech["clients"] < 2 or not 0 < mech["clients_per_round"] <= mech["clients"] or mech["rounds"] < 1:
         raise UserError("need clients >= 2, 0 < clients per round <= clients and rounds >= 1")
-    canaries = args.canaries or min(mech["clients"] // 2, 500)
+    canaries = options.canaries or min(mech["clients"] // 2, 500)
     if not 0 < canaries <= mech["clients"]:
         raise UserError(f"--canaries must be in [1, {mech['clients']}], got {canaries}")
     cfg = CanaryAudit(clients=mech["clients"], canaries=canaries, clients_per_round=mech["clients_per_round"],
-                      rounds=mech["rounds"], dim=args.dim, client_sampling=mech["client_sampling"], seed=args.seed,
-                      broken=None if args.broken == "none" else args.broken)
+                      rounds=mech["rounds"], dim=options.dim, client_sampling=mech["client_sampling"], seed=options.seed,
+                      broken=None if options.broken == "none" else options.broken)
     plan = plan_for_audit(cfg, delta=mech["delta"], noise_multiplier=mech["noise_multiplier"],
-                          epsilon=None if mech["noise_multiplier"] is not None else args.epsilon,
+                          epsilon=None if mech["noise_multiplier"] is not None else mechanism.epsilon,
                           accountant=mech["accountant"])
-    result = run_audit(cfg, plan, significance=1.0 - args.confidence)
+    result = run_audit(cfg, plan, significance=1.0 - options.confidence)
     result["run_reported_epsilon"] = mech["run_reported_epsilon"]
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --out {out_dir} ({e.strerror}): pick a writable directory") from None
     rd.write_json("audit.json", result)  # strict JSON (inf -> null), recorded in the manifest
-    print(f"audit: epsilon >= {result['epsilon_lower_bound']:.3f} at {args.confidence:.0%} confidence "
+    print(f"audit: epsilon >= {result['epsilon_lower_bound']:.3f} at {options.confidence:.0%} confidence "
           f"({result['correct']}/{result['guesses']} guesses on {canaries} canaries); accountant: "
           f"{result['reported_epsilon']}; wrote {os.path.join(out_dir, 'audit.json')}")
     return result

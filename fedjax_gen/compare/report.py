@@ -1,5 +1,6 @@
 """The comparison's outputs: comparison.csv (every run), comparison.md (mean +- std over
-seeds, one table per dataset/partition), plots (matplotlib) and one self-contained
+seeds, one table per dataset/partition, attacks by adversary, the missing cells of a partial
+root), plots (matplotlib; attack vs accuracy per adversary) and one self-contained
 report.html with the table, the plots and a readable sample grid per method."""
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import os
 
 import numpy as np
 
-from fedjax_gen.compare.collect import COLUMNS
+from fedjax_gen.compare.collect import ADVERSARIES, ADVERSARY_LABELS, COLUMNS
+
+THREAT_NOTE = ("Attacks by threat model: each adversary's strongest attack on what it really gets, as AUC "
+               "(TPR@1%FPR) and the attack's name with the view it read. consumer: anyone holding the synthetic set "
+               "or the released generator; honest-but-curious server: what it receives, in brackets (cleartext "
+               "uploads, or masked uploads under secure aggregation, where no clear-upload attack counts); malicious "
+               "server: crafted broadcasts. n/a: no attack of that adversary applies to the method; not run: one "
+               "applies but the run was not attacked with it. What-if views (noise added by the attack) never count.")
 
 
 def write_csv(rows, path: str) -> None:
@@ -38,6 +46,16 @@ def _point_label(a) -> str:
     return f"{a['method']}, " + ("no DP" if a["epsilon"] is None else f"eps {a['epsilon']:g}")
 
 
+def _threat_cell(a, adv: str) -> str:
+    """One adversary's cell: AUC (TPR@1%FPR) and the attack, or why there is none."""
+    name = a.get(f"{adv}_attack")
+    sees = f" [{a['server_sees']}]" if adv != "consumer" and a.get("server_sees") else ""
+    if a.get(f"{adv}_auc") is None:
+        return name or "-"
+    return (f"{_pm(a[f'{adv}_auc'], a[f'{adv}_auc_std'])} ({_pm(a[f'{adv}_tpr_at_1pct_fpr'], None)}) "
+            f"{name}{sees}")
+
+
 def markdown(agg, dataset: str) -> str:
     lines = [f"# Comparison on {dataset}", ""]
     table = dataset.startswith("csv:")  # a table: TSTR by HistGradientBoosting, ceiling its real-data score
@@ -49,22 +67,28 @@ def markdown(agg, dataset: str) -> str:
     if augments:  # transforms of a synthetic set change its TSTR: say which rows had them
         lines += ["Rows marked * drew their synthetic set through --augment " + "; ".join(augments)
                   + " (post-processing, no privacy cost).", ""]
-    for part in sorted({a["partition"] for a in agg}):
+    lines += [THREAT_NOTE, ""]
+    for part in sorted({a["partition"] for a in agg}, key=str):
         lines += [f"## partition {part}", "",
                   f"| method | epsilon | seeds | TSTR ({'HGB' if table else 'CNN'}) | TSTR (logreg) | real ceiling | "
-                  "FID | uplink / client |"
-                  " strongest attack AUC | TPR@1%FPR | wall s | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "FID | uplink / client | " + " | ".join(f"{ADVERSARY_LABELS[adv]} attack" for adv in ADVERSARIES)
+                  + " | wall s | status |",
+                  "|---|---|---|---|---|---|---|---|" + "---|" * len(ADVERSARIES) + "---|---|"]
         for a in [a for a in agg if a["partition"] == part]:
             up = a["bytes_up_per_client"]
             lines.append(
                 f"| {a['method']}{'' if a['augment'] == 'none' else ' *'} | {_eps(a['epsilon'])} | {a['seeds']} | "
                 f"{_pm(a['tstr_accuracy'], a['tstr_accuracy_std'])} | {_pm(a['tstr_logreg'], a['tstr_logreg_std'])} | "
                 f"{_pm(a['real_ceiling'], None)} | {_pm(a['fid'], a['fid_std'], '{:.1f}')} | "
-                f"{'-' if up is None else f'{up / 1e3:.1f} KB'} | {_pm(a['attack_auc'], a['attack_auc_std'])} | "
-                f"{_pm(a['attack_tpr_at_1pct_fpr'], None)} | {_pm(a['wall_seconds'], None, '{:.0f}')} | "
-                f"{a['status']} |")
+                f"{'-' if up is None else f'{up / 1e3:.1f} KB'} | "
+                + " | ".join(_threat_cell(a, adv) for adv in ADVERSARIES)
+                + f" | {_pm(a['wall_seconds'], None, '{:.0f}')} | {a['status']} |")
         lines.append("")
+    missing = [m for a in agg for m in a.get("missing") or ()]
+    if missing:  # a partial study root (--collect while cells run, or after some failed)
+        lines += [f"## Missing cells ({len(missing)})", "",
+                  "Cells of the grid the runs here span that neither finished nor were skipped:", ""]
+        lines += [f"- {m}" for m in missing] + [""]
     return "\n".join(lines)
 
 
@@ -130,19 +154,24 @@ def plots(agg, out_dir: str) -> dict:
     ax.legend(fontsize=8)
     save(fig, "accuracy_vs_uplink")
 
-    # strongest attack vs accuracy
-    for key, label, name in (("attack_auc", "strongest attack AUC", "attack_auc_vs_accuracy"),
-                             ("attack_tpr_at_1pct_fpr", "strongest attack TPR@1%FPR", "attack_tpr_vs_accuracy")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for a in ok:
-            if a[key] is not None:
+    # each adversary's strongest attack vs accuracy
+    for adv in ADVERSARIES:
+        for key, label, name in ((f"{adv}_auc", "AUC", f"attack_auc_vs_accuracy_{adv}"),
+                                 (f"{adv}_tpr_at_1pct_fpr", "TPR@1%FPR", f"attack_tpr_vs_accuracy_{adv}")):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            drawn = [a for a in ok if a.get(key) is not None]
+            for a in drawn:
                 ax.scatter(a["tstr_accuracy"], a[key], color=colors[a["method"]])
                 ax.annotate(_point_label(a), (a["tstr_accuracy"], a[key]), fontsize=7)
-        if key == "attack_auc":
-            ax.axhline(0.5, color="grey", lw=0.8)
-        ax.set_xlabel("TSTR accuracy")
-        ax.set_ylabel(label)
-        save(fig, name)
+            if not drawn:
+                ax.text(0.5, 0.5, f"no {ADVERSARY_LABELS[adv]} attack result", ha="center", va="center",
+                        transform=ax.transAxes)
+            if key.endswith("_auc"):
+                ax.axhline(0.5, color="grey", lw=0.8)
+            ax.set_title(f"{ADVERSARY_LABELS[adv]}: strongest attack", fontsize=10)
+            ax.set_xlabel("TSTR accuracy")
+            ax.set_ylabel(f"strongest {ADVERSARY_LABELS[adv]} attack {label}")
+            save(fig, name)
 
     # accuracy vs compression ratio
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -61,7 +61,6 @@ def run_cell(study: Study, cell) -> str:
     """Trains, scores and attacks one cell, each unless already done; returns its status. A run
     trained with --eval none is scored here once the study runs with --eval full or quick."""
     from fedjax_gen import cli
-    from fedjax_gen.runners import attack
     from fedjax_gen.runners.evaluation import evaluate_run
     from fedjax_gen.runners.train import train
 
@@ -96,10 +95,21 @@ def run_cell(study: Study, cell) -> str:
     # The attack runner reads images (experiments/attack.py); a table's own privacy scores (DCR, the
     # nearest-record attack) are in its results.json.
     if study.attack and not study.is_table and not os.path.exists(os.path.join(out, "attack_results.json")):
-        code = cli.run(attack.main, ["--run", out, "--num-queries", str(study.attack_queries)]
-                       + grid.ATTACK_ARGS[study.scale])
-        if code:
-            return "attack failed"
+        return attack_cell(study, out)
+    return "ok"
+
+
+def attack_cell(study: Study, out: str) -> str:
+    """Runs the default attacks on the run `out` at the study's scale; a refusal (one line on
+    stderr, as experiments/attack.py prints it) leaves the cell's row without attacks."""
+    from fedjax_gen.runners import attack
+
+    cfg = attack.AttackConfig(run=out, num_queries=study.attack_queries)
+    try:
+        attack.run_attacks(cfg, attack.settings_from(grid.ATTACK_SETTINGS[study.scale]))
+    except UserError as e:
+        print(f"error: {attack.worded(e)}", file=sys.stderr)
+        return "attack failed"
     return "ok"
 
 

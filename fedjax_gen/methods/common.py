@@ -51,8 +51,8 @@ def generator_synthesizer(generator, latent_dim: int, num_classes: int, params_o
 
 def labelled_synthesizer(generator, latent_dim: int, num_classes: int, params_of=lambda state: state.gen,
                          table: bool = False):
-    """synthesize_labels(state, labels, key) -> x for a class-conditional generator (Built's
-    synthesize_labels: any class mix, e.g. a table's class histogram); None if unconditional."""
+    """(state, labels, key) -> x for a class-conditional generator (Synthesizer.labels: any
+    class mix, e.g. a table's class histogram); None if unconditional."""
     if num_classes <= 0:
         return None
     sample = latent_sampler(generator, latent_dim, conditional=True)

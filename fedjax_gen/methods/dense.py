@@ -13,7 +13,7 @@ from fedjax_gen.algorithms import dense
 from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
 from fedjax_gen.models.conv_impl import conv_impl_for
-from fedjax_gen.methods.base import Built, BuildContext, Method, ServerPhase, Uploads, register
+from fedjax_gen.methods.base import Built, BuildContext, Method, Release, Rounds, ServerPhase, Uploads, register
 from fedjax_gen.methods.common import check_one_shot_privacy, generator_synthesizer
 from fedjax_gen.methods.uploads import tree_arrays
 from fedjax_gen.privacy.config import Mechanism, plan_for
@@ -49,6 +49,10 @@ class DENSE(Method):
     config_key = "dense_config"
     units = ("example",)
     run_defaults = {"log_every": 50}
+    presets = {"tiny": dict(client_model="mlp", client_width=8, local_steps=2, server_steps=2, student_steps=1,
+                            ensemble_size=2, gen_width=8, latent_dim=8),
+               "quick": dict(client_model="mlp", local_steps=30, server_steps=150),
+               "full": dict()}
     description = "one-shot upload of client classifiers, data-free ensemble distillation on the server"
     table_refusal = ("DENSE is an image method: its client classifiers, generator and data-free distillation "
                      "are built on [H, W, C] images; it has no record model (no categorical blocks)")
@@ -94,8 +98,8 @@ class DENSE(Method):
                     "ensemble_size": min(o.ensemble_size, n)}
 
         return Built(
-            algorithm=dense.make(cfg, n), config=cfg, reduce="stack", min_length=o.batch_size,
-            mechanism=mechanism, plan=plan,
+            rounds=Rounds(dense.make(cfg, n), reduce="stack", min_length=o.batch_size), config=cfg,
+            release=Release(plan, mechanism),
             server_phase=ServerPhase(o.server_steps, make_step, postfix=("ce", "kd_loss", "ensemble_acc_on_gen")),
             synthesize=generator_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes,
                                              params_of=lambda state: state.server.gen),

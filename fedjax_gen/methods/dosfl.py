@@ -12,7 +12,8 @@ from fedjax_gen.algorithms import dosfl
 from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
 from fedjax_gen.models.conv_impl import conv_impl_for
-from fedjax_gen.methods.base import Built, BuildContext, Method, Uploads, register
+from fedjax_gen.methods import aggregators
+from fedjax_gen.methods.base import Built, BuildContext, Method, Release, Rounds, Uploads, register
 from fedjax_gen.methods.common import check_one_shot_privacy
 from fedjax_gen.privacy.config import Mechanism, plan_for
 
@@ -43,6 +44,9 @@ class DOSFL(Method):
     config_key = "dosfl_config"
     units = ("example",)
     run_defaults = {"num_synthetic": 0}  # 0: keep every uploaded image
+    presets = {"tiny": dict(ipc=1, dm_steps=2, batch_size=8, width=8),
+               "quick": dict(ipc=5, dm_steps=50),
+               "full": dict()}
     description = "one-shot upload of distilled images; the server keeps their union"
     table_refusal = ("DOSFL is an image method: clients distil uint8 images by matching randomly initialised "
                      "convnet embeddings; it has no record embedding or record upload")
@@ -84,6 +88,7 @@ class DOSFL(Method):
                     "embed_net": cfg.embed_net, "init": cfg.init}
 
         return Built(
-            algorithm=dosfl.make(cfg, ctx.num_clients), config=cfg, reduce="stack", min_length=o.batch_size,
-            mechanism=mechanism, plan=plan, synthesize=synthesize, uploads=Uploads(uploads),
-            bytes_up=lambda state: dosfl.upload_bytes(state["valid"], cfg.image_shape), results=results)
+            rounds=Rounds(dosfl.make(cfg, ctx.num_clients), reduce="stack", min_length=o.batch_size), config=cfg,
+            release=Release(plan, mechanism), synthesize=synthesize, uploads=Uploads(uploads), results=results,
+            # what goes on the wire: the valid distilled images only
+            aggregator=aggregators.Plain(count=lambda state: dosfl.upload_bytes(state["valid"], cfg.image_shape)))

@@ -22,8 +22,9 @@ from fedjax_gen import secure as secure_lib
 from fedjax_gen.algorithms import dp_merf
 from fedjax_gen.config import option, validated
 from fedjax_gen.errors import InvalidValue
-from fedjax_gen.methods import secure_sum
-from fedjax_gen.methods.base import Built, BuildContext, Method, ServerPhase, Uploads, register
+from fedjax_gen.methods import aggregators, secure_sum, two_level
+from fedjax_gen.methods.base import (Built, BuildContext, Method, Release, Rounds, ServerPhase, Synthesizer, Uploads,
+                                     register)
 from fedjax_gen.methods.common import generator_synthesizer, labelled_synthesizer
 from fedjax_gen.methods.secure_sum import SecAggOptions
 from fedjax_gen.privacy.config import Mechanism, plan_for
@@ -53,6 +54,9 @@ class DPMERF(Method):
     units = ("example",)
     description = "one noisy sum of random-feature mean embeddings, generator fitted on the server"
     table_refusal = ""  # random features of the encoded record, softmax per categorical block
+    presets = {"tiny": dict(num_features=64, gen_steps=5, width=8, latent_dim=8),
+               "quick": dict(num_features=2000, gen_steps=500),
+               "full": dict()}
 
     def build(self, ctx: BuildContext) -> Built:
         o, p, ds = ctx.options, ctx.privacy, ctx.dataset
@@ -100,11 +104,12 @@ class DPMERF(Method):
         else:
             info = {"noise_placement": "central (trusted server)", "threat_model": secure_lib.trusted_sum().to_dict()}
         extra = {"gen_steps": o.gen_steps, "num_features": cfg.num_features, "rff_sigma": cfg.rff_sigma}
-        return Built(algorithm=dp_merf.make(cfg), config=cfg, mechanism=mechanism, plan=plan, uploads=uploads,
+        table = ds.table is not None
+        return Built(rounds=Rounds(dp_merf.make(cfg)), config=cfg, uploads=uploads,
                      server_phase=ServerPhase(o.gen_steps, make_step, postfix=("mmd_loss",)),
-                     synthesize=generator_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes,
-                                                      table=ds.table is not None),
-                     synthesize_labels=labelled_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes,
-                                                            table=ds.table is not None),
-                     release=lambda state, key: (state, info), results=lambda state, dataset: extra,
-                     secure=secure, aggregate=(secure.aggregator(),) if secure else ())
+                     synthesize=Synthesizer(
+                         generator_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes, table=table),
+                         labelled_synthesizer(cfg.generator, cfg.latent_dim, cfg.num_classes, table=table)),
+                     aggregator=aggregators.secure(secure, topology=two_level.setup(o, ctx)),
+                     release=Release(plan, mechanism, accounting=secure, after_rounds=lambda state, key: (state, info)),
+                     results=lambda state, dataset: extra)

@@ -35,6 +35,10 @@ from fedjax_gen.secure import skellam as sk
 
 SECAGG_BYTES_UP = "secagg_bytes_up"  # a round's metric: bytes all its clients sent (protocol included)
 
+# A run's secure aggregation is two parts of its Built: the aggregator (methods/aggregators.Secure:
+# each round's protocol on the host, its bytes, the server's view) and the accounting of its
+# Release (schedule, report, line: the Skellam epsilon in place of the Gaussian plan's).
+
 
 @validated
 class SecAggOptions:
@@ -54,8 +58,27 @@ class SecAggOptions:
     secagg_threshold: typing.Optional[int] = option(
         None, "secagg: Shamir threshold t of degree + 1 (default: the library's strict majority)", min=1)
     secagg_bits: int = option(32, "secagg: ring Z_2^bits of the masked integers", min=8)
+    topology: str = option(
+        "flat", "flat: every client uploads to the server | edges:E[:random|contiguous]: clients report to E edge "
+        "servers, which report to the cloud (docs/topology.md); with secagg, secure aggregation runs at both levels")
+    noise_for: str = option(
+        "cloud", "topology with secagg: calibrate the distributed noise to --epsilon against the cloud (the release) "
+        "or against each edge server (its own devices; more noise on the release)", choices=("cloud", "edge"))
+    edge_tolerance: float = option(0.0, "topology: fraction of the edges that may time out with the round still "
+                                   "released (secagg: the noise is planned for the rest)", min=0.0, lt=1.0)
+    edge_timeout: float = option(0.0, "topology: fraction of each round's edges that time out, their devices "
+                                 "dropped from the round (simulated)", min=0.0, lt=1.0)
 
     def __post_init__(self):
+        if self.topology == "flat" and (self.noise_for != "cloud" or self.edge_tolerance or self.edge_timeout):
+            raise InvalidValue("topology", "{noise_for}, {edge_tolerance} and {edge_timeout} need {topology} edges:E")
+        if self.edge_timeout > self.edge_tolerance:
+            raise InvalidValue("edge_timeout", f"{{edge_timeout}} {self.edge_timeout} exceeds {{edge_tolerance}} "
+                                               f"{self.edge_tolerance}: the release would be refused: raise "
+                                               "{edge_tolerance}")
+        if self.noise_for != "cloud" and not self.secagg:
+            raise InvalidValue("noise_for", "{noise_for} edge plans secure aggregation's distributed noise: add "
+                                            "{secure_aggregation} secagg")
         if self.secure_aggregation == "none" and (self.secagg_dropout or self.secagg_degree or self.secagg_threshold
                                                   or self.secagg_tolerance is not None):
             raise InvalidValue("secagg_dropout", "the secagg options need {secure_aggregation} secagg")
@@ -72,6 +95,17 @@ class SecAggOptions:
     @property
     def tolerance(self) -> float:
         return self.secagg_dropout if self.secagg_tolerance is None else self.secagg_tolerance
+
+
+def kept_uploads(stacked: ClientOutput, keep):
+    """A round's uploads as the host protocol sends them: (leaves, treedef, rows, flat float32
+    [m, dim], finite [len(keep) kept]) for the kept clients whose upload is finite (a client
+    whose upload is not finite sends nothing)."""
+    leaves, treedef = jax.tree.flatten(jax.device_get(stacked.upload))
+    rows = np.flatnonzero(np.asarray(keep, bool))
+    flat = np.concatenate([np.asarray(a, np.float32).reshape(a.shape[0], -1) for a in leaves], 1)[rows]
+    finite = np.all(np.isfinite(flat), axis=1)
+    return leaves, treedef, rows[finite], flat[finite], finite
 
 
 def min_uploaders(cohort: int, tolerance: float) -> int:
@@ -93,6 +127,8 @@ class SecureSum:
     description: str
     view: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
     totals: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # --topology edges:E: the two-level run (methods/two_level.EdgeSecure); skellam is then the total's view
+    two_level: typing.Any = None
 
     # ----- the protocol, once per round
     def aggregator(self, upload_scale: float = 1.0) -> typing.Callable:
@@ -100,12 +136,9 @@ class SecureSum:
         `upload_scale` x the plan's (the upload is divided by it before quantising, the
         decoded sum multiplied back)."""
         def aggregate(stacked: ClientOutput, keep, ids, key):
-            keep, ids = np.asarray(keep, bool), np.asarray(ids)
-            leaves, treedef = jax.tree.flatten(jax.device_get(stacked.upload))
-            rows = np.flatnonzero(keep)
-            flat = np.concatenate([np.asarray(a, np.float32).reshape(a.shape[0], -1) for a in leaves], 1)[rows]
-            finite = np.all(np.isfinite(flat), axis=1)  # a client whose upload is not finite sends nothing
-            rows, flat = rows[finite], flat[finite] / np.float32(upload_scale)
+            ids = np.asarray(ids)
+            leaves, treedef, rows, flat, finite = kept_uploads(stacked, keep)
+            flat = flat / np.float32(upload_scale)
             m = len(rows)
             k_drop, k_sum = jax.random.split(key)
             dropped = int(math.floor(self.dropout * m))
@@ -158,7 +191,11 @@ class SecureSum:
                                    l2_bound=self.skellam.l2_int if user else None,
                                    clip=self.skellam.l2_sensitivity if user else None)
 
-    # ----- what a run reports
+    # ----- what a run reports: the accounting of its Release (methods/base.py), which replaces the Gaussian plan's
+    @property
+    def noisy(self) -> bool:
+        return self.skellam is not None
+
     @property
     def noise_std(self) -> float:
         """Std of the noise on the decoded sum, in the plan's (sensitivity-scaled) float units."""
@@ -168,7 +205,11 @@ class SecureSum:
         """Epsilon after 1..rounds releases (one RDP curve, composed)."""
         return sk.epsilon_schedule(self.skellam, rounds)
 
-    def privacy_report(self, base: dict, rounds: int) -> dict:
+    def schedule(self, rounds: int) -> np.ndarray | None:
+        """Epsilon after each round's release (one Skellam release per round); None without DP."""
+        return self.epsilons(rounds) if self.skellam is not None else None
+
+    def report(self, base: dict, rounds: int) -> dict:
         """results.json's privacy block: the Skellam mechanism's epsilon in place of the
         Gaussian plan's (kept, for reference, as gaussian_*)."""
         p = self.skellam
@@ -182,10 +223,14 @@ class SecureSum:
             noise_placement="distributed discrete (Skellam)", distributed_noise=True, skellam=p.to_dict(),
             gaussian_epsilon=base.get("epsilon"), gaussian_noise_multiplier_same_epsilon=base.get("noise_multiplier"),
             secure_aggregation=True)
+        if self.two_level is not None:  # the epsilon against each observer (the total above is the cloud's)
+            out.update(topology=self.two_level.setup.topology.spec, observers=self.two_level.observers())
         return out
 
-    def privacy_line(self, unit: str, rounds: int) -> str:
+    def line(self, unit: str, rounds: int) -> str:
         protocol = "SecAgg" if self.protocol.degree is None else f"SecAgg+ (degree {self.protocol.degree})"
+        if self.two_level is not None:
+            protocol = self.two_level.protocol_line(protocol)
         if self.skellam is None:
             return f"privacy: none (secure aggregation only: {protocol}, {self.protocol.bits}-bit ring)"
         p = self.skellam
@@ -237,6 +282,12 @@ def plan(o: SecAggOptions, ctx, gaussian, mechanism, *, dim: int, l2_sensitivity
         raise InvalidValue("distributed_noise", "secagg adds its own distributed (Skellam) noise: drop "
                                                 "{distributed_noise}")
     capacity = capacity or cohort
+    if o.topology != "flat":  # secure aggregation within each edge, then among the edges
+        from fedjax_gen.methods import two_level
+
+        return two_level.secure_plan(o, ctx, gaussian, mechanism, dim=dim, l2_sensitivity=l2_sensitivity,
+                                     support=support, value_bound=value_bound, cohort=cohort, capacity=capacity,
+                                     rounds=rounds, sampling_rate=sampling_rate, description=description)
     protocol = secure.ProtocolConfig(bits=o.secagg_bits, degree=o.secagg_degree, threshold=o.secagg_threshold)
     try:
         resolved = protocol.resolved(cohort)

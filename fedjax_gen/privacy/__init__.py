@@ -1,7 +1,6 @@
 """Differential-privacy primitives: per-example clipping, Gaussian noise, accounting."""
 
 from fedjax_gen.privacy.accounting import (
-    PrivacySpec,
     calibrate_noise_multiplier,
     compute_epsilon,
     dp_event,
@@ -18,7 +17,6 @@ from fedjax_gen.privacy.clipping import (
 
 __all__ = [
     "ClipAux",
-    "PrivacySpec",
     "add_gaussian_noise",
     "calibrate_noise_multiplier",
     "clip_by_global_norm",

@@ -8,7 +8,6 @@ T steps are its T-fold self-composition. Neighbouring relation: add/remove one r
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -284,56 +283,6 @@ def worst_client_epsilon(
     eps = per_client_epsilon(noise_multiplier, rates, steps, delta, accountant)
     worst = int(np.argmax(eps))
     return float(eps[worst]), worst
-
-
-@dataclasses.dataclass(frozen=True)
-class PrivacySpec:
-    """The privacy guarantee of a run, as written to results.json.
-
-    epsilon is math.inf for a non-private run (noise 0); JSON has no inf, so `to_dict`
-    writes it as null and `from_dict` reads null back as inf.
-    """
-
-    epsilon: float
-    delta: float
-    noise_multiplier: float
-    sampling_rate: float
-    steps: int
-    privacy_unit: str  # "example" | "user"
-    accountant: str  # "rdp" | "pld"
-
-    def __post_init__(self):
-        if self.privacy_unit not in PRIVACY_UNITS:
-            raise UserError(f"privacy unit must be example or user, got {self.privacy_unit!r}")
-        if self.accountant not in ACCOUNTANTS:
-            raise UserError(f"unknown accountant {self.accountant!r}; choose --accountant rdp or pld")
-
-    @classmethod
-    def compute(
-        cls,
-        noise_multiplier: float,
-        sampling_rate: float,
-        steps: int,
-        delta: float,
-        privacy_unit: str = "example",
-        accountant: str = "rdp",
-    ) -> "PrivacySpec":
-        eps = compute_epsilon(noise_multiplier, sampling_rate, steps, delta, accountant)
-        return cls(eps, delta, noise_multiplier, sampling_rate, int(steps), privacy_unit, accountant)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
-        if math.isinf(d["epsilon"]):
-            d["epsilon"] = None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PrivacySpec":
-        d = dict(d)
-        if d.get("epsilon") is None:
-            d["epsilon"] = math.inf
-        return cls(**d)
 
 
 # --- The mechanism that runs: (sampling, neighbouring relation) pairs -------------------------

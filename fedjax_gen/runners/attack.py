@@ -10,7 +10,6 @@ is written; bad input is one line and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -19,7 +18,6 @@ import typing
 import jax
 
 from fedjax_gen import cli
-from fedjax_gen import config as fconfig
 from fedjax_gen.attacks import registry
 from fedjax_gen.attacks.context import AttackContext, draw_queries, member_overlap
 from fedjax_gen.attacks.run_target import open_run
@@ -49,15 +47,6 @@ _MISSING = {
 }
 
 
-def _fields_view(cls, names: set):
-    """cls restricted to `names` (types resolved), so a shared field gets one flag."""
-    types = fconfig.field_types(cls)
-    fields = [(f.name, typing.Optional[types[f.name][0]] if types[f.name][1] else types[f.name][0],
-               dataclasses.field(default=f.default, metadata=f.metadata))
-              for f in dataclasses.fields(cls) if f.name in names]
-    return dataclasses.make_dataclass(cls.__name__, fields, frozen=True)
-
-
 def _attack_list() -> str:
     lines = []
     for a in registry.attacks().values():
@@ -67,30 +56,43 @@ def _attack_list() -> str:
     return "attacks:\n" + "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _settings_groups() -> list:
+    """(the attacks that use it, settings class) for every registered attack's settings."""
     registry.discover()
-    p = cli._Parser(description=__doc__.splitlines()[0], epilog=_attack_list(),
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli._add_flags(p.add_argument_group("run"), AttackConfig, {})
     registry.settings_fields()  # refuses two attacks declaring one field differently
-    done: set = set()
-    for cls in registry.settings_classes():
-        new = {f.name for f in dataclasses.fields(cls)} - done
-        if new:
-            users = ", ".join(a.name for a in registry.attacks().values() if a.settings is cls)
-            cli._add_flags(p.add_argument_group(users), _fields_view(cls, new), {})
-            done |= new
-    return p
+    return [(", ".join(a.name for a in registry.attacks().values() if a.settings is cls), cls)
+            for cls in registry.settings_classes()]
+
+
+def _option_classes() -> list:
+    return [("run", AttackConfig), *_settings_groups()]
+
+
+def build_parser():
+    """experiments/attack.py's parser: AttackConfig, then each attack's settings (a field two
+    attacks share is one flag)."""
+    return cli.build_parser(*_option_classes(), description=__doc__.splitlines()[0], epilog=_attack_list())
 
 
 def _flag_table() -> dict:
-    fields = [*dataclasses.fields(AttackConfig), *registry.settings_fields().values()]
-    return {"out": "--run", **{f.name: fconfig.flag_name(f) for f in fields}}  # a locked run dir names {out}
+    return {**cli.flags(*_option_classes()), "out": "--run"}  # a locked run dir names {out}
 
 
-def _built(cls, values: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+def worded(error: UserError) -> UserError:
+    """error with its fields named by experiments/attack.py's flags."""
+    return cli.word(error, _flag_table())
+
+
+def settings_from(values: dict) -> list:
+    """Attack settings as field values (e.g. compare/grid.py's ATTACK_SETTINGS) -> one settings
+    dataclass per attack settings class, each given the fields it declares (a field two
+    attacks share reaches both); a field no attack declares is a ValueError."""
+    classes = [cls for _, cls in _settings_groups()]
+    names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+    unknown = set(values) - set().union(*(names(c) for c in classes))
+    if unknown:
+        raise ValueError(f"no attack declares {sorted(unknown)}")
+    return [cls(**{k: v for k, v in values.items() if k in names(cls)}) for cls in classes]
 
 
 def _check_needs(chosen, settings_of, t, has_reference: bool) -> None:
@@ -107,19 +109,23 @@ def _check_needs(chosen, settings_of, t, has_reference: bool) -> None:
 
 
 def main(argv=None):
+    """experiments/attack.py: argv -> run_attacks, errors worded with the runner's flags."""
     try:
-        return _main(argv)
+        cfg, *settings = cli.parse(_option_classes(), argv, description=__doc__.splitlines()[0],
+                                   epilog=_attack_list())
+        return run_attacks(cfg, settings)
     except UserError as e:
-        out = type(e).__new__(type(e))
-        table = _flag_table()
-        UserError.__init__(out, e.render(lambda field: table.get(field, field)), param=e.param)
-        raise out from None
+        raise worded(e) from None
 
 
-def _main(argv):
-    values = vars(build_parser().parse_args(argv))
-    cfg = _built(AttackConfig, values)
-    settings = {cls: _built(cls, values) for cls in registry.settings_classes()}  # validates every flag
+def run_attacks(cfg: AttackConfig, settings=()) -> dict:
+    """Runs the attacks `cfg` selects on the run cfg.run and merges RUN/attack_results.json.
+    settings: instances of the attacks' settings classes (a class not among them: its
+    defaults). What experiments/attack.py and the comparison call; raises UserError (its
+    fields worded by `worded`) on bad input, before anything is written."""
+    registry.discover()
+    given = {type(s): s for s in settings}
+    settings = {cls: given.get(cls) or cls() for cls in registry.settings_classes()}
     settings_of = lambda a: settings.get(a.settings)  # noqa: E731
     t = open_run(cfg.run)
     chosen, skipped = registry.select(cfg.attacks, t, settings_of, cfg.reference is not None)

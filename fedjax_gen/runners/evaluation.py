@@ -6,14 +6,29 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import typing
 
 import numpy as np
 
 from fedjax_gen import data as fdata
+from fedjax_gen.config import option, validated
 from fedjax_gen.run_dir import RunDir
 from fedjax_gen.viz import save_class_grid
 
 EVAL_MODES = ("full", "quick", "none")
+
+
+@validated
+class EvaluateOptions:
+    """Score a finished run directory (e.g. one trained with --eval none), writing the same results.json fields the run itself writes.
+
+    experiments/evaluate.py's options (cli.evaluate_main renders them); evaluate_run takes them as arguments."""
+
+    run: typing.Optional[str] = option(None, "a finished run directory (a run's --out)", positional=True,
+                                       metavar="RUN")
+    eval_mode: str = option("full", "full: TSTR over the recipe's 3 seeds, logistic regression, ceiling, FID, ...; "
+                            "quick: one TSTR seed", choices=("full", "quick"), flag="--eval")
+    progress: bool = option(True, "progress lines while scoring", negate="--no-progress")
 # results.json's scoring fields when nothing was scored yet (--eval none): present, so the
 # run directory is complete; null, so nobody mistakes them for a score.
 UNSCORED = {"tstr_accuracy": None, "fid": None}

@@ -42,7 +42,7 @@ def class_quotas(n: int, probs: np.ndarray) -> np.ndarray:
 def synthesize(built, table, state, n: int, key):
     """n records whose classes follow the table's class histogram (noisy under DP: post-
     processing of a release), or the method's balanced draw where there is none. A method
-    with `synthesize_labels` draws them directly; otherwise balanced draws of `synthesize` are
+    whose Synthesizer has `labels` draws them directly; otherwise its balanced draws are
     taken until every class has its quota (the surplus is discarded)."""
     probs = table.class_probs
     if probs is None or n == 0:
@@ -50,8 +50,8 @@ def synthesize(built, table, state, n: int, key):
     quotas = class_quotas(n, probs)
     labels = np.repeat(np.arange(len(quotas), dtype=np.int32), quotas)
     labels = labels[np.asarray(jax.random.permutation(jax.random.fold_in(key, 0x5EED), n))]
-    if built.synthesize_labels is not None:
-        return np.asarray(built.synthesize_labels(state, labels, key)), labels
+    if built.synthesize.labels is not None:
+        return np.asarray(built.synthesize.labels(state, labels, key)), labels
     need = quotas.copy()
     taken = [[] for _ in quotas]
     per_class = int(min(max(need), max(1, 20_000 // len(quotas))))

@@ -27,13 +27,13 @@ from fedjax_gen.checkpoint import Checkpointer
 from fedjax_gen.config import DataConfig, PerformanceFlags, RunConfig
 from fedjax_gen.data import table_source
 from fedjax_gen.data.augment import AUTO, applies, augment_images, parse_augment
-from fedjax_gen.errors import InvalidValue, NonFiniteState, UnreachableBudget, UserError
+from fedjax_gen.errors import InvalidValue, NonFiniteState, UserError
 from fedjax_gen.federated import client_mesh, default_execution, make_round, parse_execution, place, run_rounds
-from fedjax_gen.federated.compression import UPLINK_BYTES, Compression, with_uplink
+from fedjax_gen.federated.compression import Compression
 from fedjax_gen.federated.engine import client_uploads
-from fedjax_gen.federated.algorithm import ClientOutput, server_state
+from fedjax_gen.federated.algorithm import server_state
 from fedjax_gen.federated.execution import all_finite
-from fedjax_gen.methods.secure_sum import SECAGG_BYTES_UP
+from fedjax_gen.methods import aggregators
 from fedjax_gen.privacy import config as pconfig
 from fedjax_gen.run_dir import RunDir, config_record
 from fedjax_gen.runners.data import FederatedData, data_layout, prepare_federated_data
@@ -92,7 +92,7 @@ def _jsonable(cfg) -> dict:
 
 def _check_run(job: Job, built, dataset) -> None:
     run, perf = job.run, job.performance
-    if job.privacy.private and built.plan is None:
+    if job.privacy.private and built.release.plan is None:
         raise InvalidValue("unit", f"{job.method} implements no {job.privacy.unit}-level DP: drop {{unit}}")
     if run.num_synthetic == 0 and not methods.get(job.method).run_defaults.get("num_synthetic", 1) == 0:
         raise InvalidValue("num_synthetic", "{num_synthetic} must be >= 1 for a generator")
@@ -109,7 +109,7 @@ def _check_run(job: Job, built, dataset) -> None:
             if every % perf.rounds_per_call:
                 raise InvalidValue(name, f"{{{name}}} {every} must be a multiple of {{rounds_per_call}} "
                                          f"{perf.rounds_per_call}")
-    if (built.reduce == "stack" or built.later_rounds or built.secure) and perf.rounds_per_call > 1:
+    if (built.rounds.reduce == "stack" or built.rounds.distinct) and perf.rounds_per_call > 1:
         raise InvalidValue("rounds_per_call", "{rounds_per_call} > 1 needs a round-based method")
     check_available(run.tensorboard)
 
@@ -134,17 +134,16 @@ def parse_uplink(spec: str) -> Compression:
 
 
 def _compression(job: Job, built) -> Compression:
-    """--uplink as a Compression; refused where the server's noise relies on the clip bound."""
+    """--uplink as a Compression, and the run options the release or the aggregator refuse
+    (e.g. where the server's noise relies on the clip bound)."""
     c = parse_uplink(job.run.uplink)
-    if (not c.is_identity and built.plan is not None and not built.mechanism.client_side_noise):
-        raise InvalidValue("uplink", f"{{uplink}} would change the clipped uploads that {job.method}'s server-side "
-                                     "noise is calibrated for: drop it, or compress a client-side-noise mechanism")
-    if not c.is_identity and built.secure is not None:
-        raise InvalidValue("uplink", "secure aggregation quantises the uploads itself ({secagg_bits}): drop {uplink}")
-    if not c.is_identity and built.reduce == "stack" and built.bytes_up is not None:
-        raise InvalidValue("uplink", f"{job.method} uploads already-compact data: drop {{uplink}}")
-    if c.error_feedback and (built.rounds == 1 or built.later_rounds or built.reduce != "sum"
-                             or built.server_phase is not None or built.release is not None):
+    for refusal in (built.release.uplink_refusal(c, job.method),
+                    built.aggregator.refusal(c, job.performance.rounds_per_call, job.method)):
+        if refusal is not None:
+            raise refusal
+    r = built.rounds
+    if c.error_feedback and (r.count == 1 or r.distinct or r.reduce != "sum" or built.server_phase is not None
+                             or built.release.after_rounds is not None):
         raise InvalidValue("uplink", f"{{uplink}} topk-ef keeps each client's residual between rounds of one "
                                      f"summed update; {job.method} has no such rounds: use topk:<FRACTION>")
     if c.error_feedback and job.performance.rounds_per_call > 1:
@@ -182,68 +181,52 @@ class _Session:
         if resumed_from is not None:
             self._check_budget(resumed_from)
         _check_run(job, self.built, self.fed.dataset)
-        self.keys = _keys(job.data.seed, self.built.fresh_noise)
+        self.keys = _keys(job.data.seed, self.built.release.fresh_noise)
         self.compression = _compression(job, self.built)
         # Error feedback's residuals are rows indexed by client id: one padded array, unbucketed.
         bucket = "off" if self.compression.error_feedback else perf.bucket
-        self.data = self.fed.clients_for(self.execution, min_length=self.built.min_length, bucket=bucket)
+        rounds = self.built.rounds
+        self.data = self.fed.clients_for(self.execution, min_length=rounds.min_length, bucket=bucket)
         self.num_clients = len(self.fed.parts)
-        self.cohort = self.built.clients_per_round or self.num_clients
-        # A DP run draws its clients as its plan accounts them (Poisson by default).
-        sampling = self.built.plan.round_sampling if self.built.plan is not None else {}
-        # (topk-ef is refused for methods with later rounds: one algorithm keeps the residuals.)
-        algorithms = tuple(with_uplink(a, self.compression, self.data)
-                           for a in (self.built.algorithm,) + tuple(self.built.later_rounds))
+        self.cohort = rounds.clients_per_round or self.num_clients
+        # --uplink wraps the method's aggregator: the uploads as they go on the wire, and their bytes.
+        self.aggregator = aggregators.compressed(self.built.aggregator, self.compression, self.cohort)
+        # (topk-ef is refused for methods with several round algorithms: one keeps the residuals.)
+        algorithms = tuple(self.aggregator.uplink(a, self.data) for a in rounds.algorithms)
         # The round state: the method's, and with error feedback every client's residual beside it.
         self.state = algorithms[0].init(self.keys["init"])
-        # Round 1's uploads as the server received them (uploads.npz): compressed as sent. Error
-        # feedback's first round starts from zero residuals, so it sends plain top-k.
-        first = dataclasses.replace(self.compression, error_feedback=False)
-        self.round1_algorithm = with_uplink(self.built.algorithm, first, self.data)
-        if len(algorithms) > 1 and len(algorithms) != self.built.rounds:
-            raise ValueError(f"{job.method}: later_rounds must hold rounds 2..{self.built.rounds}")
-        aggregate = self.built.aggregate or (None,) * len(algorithms)
-        if len(aggregate) != len(algorithms):
-            raise ValueError(f"{job.method}: one aggregate per round algorithm")
-        self.rounds = [make_round(a, num_clients=self.num_clients, clients_per_round=self.cohort,
-                                  execution=self.execution, mesh=self.mesh, example_state=self.state,
-                                  example_data=self.data, reduce="host" if agg else self.built.reduce,
-                                  aggregate=agg, **sampling)
-                       for a, agg in zip(algorithms, aggregate)]
+        # Round 1's uploads as the server received them (uploads.npz).
+        self.round1_algorithm = self.aggregator.uplink(rounds.first, self.data, view=True)
+        self.rounds = []
+        for i, a in enumerate(algorithms):
+            reduce, aggregate = self.aggregator.engine(i, rounds.reduce)
+            # A DP run draws its clients as its plan accounts them (Poisson by default).
+            self.rounds.append(make_round(a, num_clients=self.num_clients, clients_per_round=self.cohort,
+                                          execution=self.execution, mesh=self.mesh, example_state=self.state,
+                                          example_data=self.data, reduce=reduce, aggregate=aggregate,
+                                          **self.built.release.round_sampling))
         self.round = self.rounds[0]
         phase = self.built.server_phase
-        self.total = self.built.rounds + (phase.steps if phase else 0)
+        self.total = rounds.count + (phase.steps if phase else 0)
 
     def _check_budget(self, saved: dict) -> None:
-        """A resumed private run keeps its calibrated noise; more rounds than its budget
-        allows are refused (fork a new run to spend a new budget)."""
-        plan, target = self.built.plan, saved.get("target_epsilon")
-        if plan is None or target is None:
-            return
-        spent = plan.report(self.built.mechanism.rounds)["epsilon"]
-        if spent is None or spent > target * (1 + 1e-6):
-            raise UnreachableBudget(f"{self.built.rounds} rounds would spend epsilon {spent:.4g} > the budget "
-                                    f"{target}: lower {{rounds}} (or fork a new run with a new budget)")
-        self.built = dataclasses.replace(self.built, plan=dataclasses.replace(plan, target_epsilon=target))
+        """A resumed private run keeps its calibrated noise (and its budget)."""
+        b = self.built
+        self.built = dataclasses.replace(b, release=b.release.resumed(saved.get("target_epsilon"), b.rounds.count))
 
     def config(self) -> dict:
         j, b = self.job, self.built
-        plan = {"noise_multiplier": b.plan.noise_multiplier, "target_epsilon": b.plan.target_epsilon} if b.plan else None
         return config_record(
             j.method, j.data, j.run, j.performance, j.privacy, j.options,
-            **{self.method.config_key: _jsonable(b.config)}, plan=plan, execution=str(self.execution),
+            **{self.method.config_key: _jsonable(b.config)}, plan=b.release.record(), execution=str(self.execution),
             devices=self.mesh.devices.size, backend=jax.default_backend(),
             padded_clients_per_round=self.round.padded_clients, **data_layout(self.data),
             **({"table": self.fed.dataset.table.record()} if self.fed.dataset.table is not None else {}))
 
     def privacy_line(self) -> None:
-        b = self.built
-        if not self.main:
-            return
-        if b.secure is not None:
-            print(b.secure.privacy_line(self.job.privacy.unit, b.rounds))
-        elif b.plan is not None:
-            print(pconfig.privacy_line(b.plan, self.job.privacy, b.mechanism))
+        line = self.built.release.line(self.job.privacy, self.built.rounds.count)
+        if self.main and line is not None:
+            print(line)
 
     def restore(self, run_path: str, step: int | None) -> int:
         ckpt = Checkpointer(RunDir(run_path).checkpoint_dir, create=False)
@@ -264,7 +247,7 @@ def _table_args(job: Job) -> dict:
     """How a table's encoding is made for this run: a resumed run (or a fork) reuses the one its
     config.json saved, releasing nothing again; a new run releases it under the run's privacy
     request, with noise seeded from --seed, or drawn from the OS (never from --seed) when the
-    run charges a deployment's ledger (the one method that does: dct_gmm's --ledger)."""
+    method says the run is a deployment's release (Method.data_release)."""
     source = job.run.out if job.run.resume else (job.run.from_checkpoint or "").partition(":")[0] or None
     if source is not None:
         rd = RunDir(source)
@@ -273,9 +256,9 @@ def _table_args(job: Job) -> dict:
             if saved is None:
                 raise InvalidValue("from_checkpoint", f"{source} is not a table run: fork a table run")
             return {"saved": saved}
-    deployment = getattr(job.options, "ledger", None) is not None
-    return {"privacy": job.privacy, "secure": bool(getattr(job.options, "secagg", False)),
-            "rng": np.random.default_rng() if deployment else None}
+    release = methods.get(job.method).data_release(job.options)
+    return {"privacy": job.privacy, "secure": release["secure"],
+            "rng": np.random.default_rng() if release["deployment"] else None}
 
 
 def train(job: Job, *, resumed_from: dict | None = None) -> dict | None:
@@ -302,7 +285,7 @@ def train(job: Job, *, resumed_from: dict | None = None) -> dict | None:
 def _open_and_run(s: "_Session", run: RunConfig, out: str, run_dir: RunDir | None):
     start = 0
     if run.resume:
-        start = s.restore(out, _resume_step(run_dir, s.built.rounds))
+        start = s.restore(out, _resume_step(run_dir, s.built.rounds.count))
         if start >= s.total and os.path.exists(run_dir.file("results.json")):
             raise InvalidValue("rounds", f"the run is finished (step {start} of {s.total}): raise {{rounds}} "
                                          "(or the server steps) to continue it")
@@ -327,10 +310,10 @@ def _open_and_run(s: "_Session", run: RunConfig, out: str, run_dir: RunDir | Non
     try:
         if created:
             write_membership(run_dir, s.fed)
-        if s.built.before_rounds is not None and s.main:  # e.g. the ledger's charge, before any release
-            s.built.before_rounds(run_dir)
+        if s.built.release.before_rounds is not None and s.main:  # e.g. the ledger's charge, before any release
+            s.built.release.before_rounds(run_dir)
         if run.resume and s.main:
-            run_dir.truncate_metrics(min(start, s.built.rounds))
+            run_dir.truncate_metrics(min(start, s.built.rounds.count))
         return _run(s, run_dir, start)
     except UserError as e:
         if created and getattr(e, "kept_step", None) is None:  # a diverged run keeps its last good checkpoint
@@ -371,17 +354,15 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
     ckpt = Checkpointer(run_dir.checkpoint_dir)
     data = place(s.data, s.mesh)
     state = place(jax.device_get(s.state), s.mesh)
-    R = built.rounds
-    # The accounted mechanism's rounds (dct_gmm's R releases compose to one accounted Gaussian):
-    # epsilon per round when the plan counts rounds as the engine runs them, else at the end.
-    schedule = built.plan.schedule(built.mechanism.rounds)[0] if built.plan is not None else None
-    if built.secure is not None:  # one Skellam release per round
-        schedule = built.secure.epsilons(R) if built.secure.skellam is not None else None
+    R = built.rounds.count
+    # Epsilon per round when the accounting counts rounds as the engine runs them, else at the
+    # end (e.g. R releases that compose to one accounted Gaussian).
+    schedule = built.release.schedule(R)
     elapsed0, t0 = _elapsed_before(run_dir), time.time()
     elapsed = lambda: elapsed0 + time.time() - t0
     bar = tqdm(initial=start, total=s.total, disable=not run.progress, unit="step", dynamic_ncols=True, mininterval=2)
     wants_uploads = built.uploads is not None and run.save_uploads > 0 and start == 0 and s.main
-    message = jax.device_get(built.algorithm.broadcast(server_state(state))) if wants_uploads else None
+    message = jax.device_get(built.rounds.first.broadcast(server_state(state))) if wants_uploads else None
 
     rounds = (run_rounds(s.round, state, data, s.keys["train"], min(start, R), R, job.performance.rounds_per_call)
               if len(s.rounds) == 1 else _distinct_rounds(s.rounds, state, data, s.keys["train"], min(start, R), R))
@@ -397,8 +378,8 @@ def _run(s: _Session, run_dir: RunDir, start: int) -> dict | None:
             record.update({f"eval_{k}": v for k, v in evaluate(s.fed.dataset, x, y, s.keys["eval"], run,
                                                                      periodic=True).items()})
         write(record)
-        if done == R and built.release is not None:
-            state, info = built.release(state, s.keys["release"])
+        if done == R and built.release.after_rounds is not None:
+            state, info = built.release.after_rounds(state, s.keys["release"])
             write({"round": R, "phase": "release", "release": info, "elapsed": elapsed()})
         if block_state is not None:
             _stop_if_not_finite(done, state, ckpt)
@@ -451,38 +432,24 @@ def _stop_if_not_finite(step: int, state, ckpt: Checkpointer) -> None:
 
 
 def _write_uploads(s: _Session, run_dir: RunDir, state, message) -> None:
-    """uploads.npz: what clients 0..n-1 sent, as the server received them."""
-    n = min(s.job.run.save_uploads, s.num_clients)
-    ids = np.arange(n, dtype=np.int32)
-    if s.built.secure is not None:  # the server's real view: masked integers, decoded as it would
-        secure = s.built.secure.uploads(n)
-        ids = secure.pop("client_ids")
-        outs = ClientOutput(s.built.secure.decoded_uploads(secure.pop("decoded")), None, {})
-        arrays = {**s.built.uploads.format(outs, jax.device_get(state), len(ids)), **secure}
-    elif s.built.uploads.from_round:
+    """uploads.npz: what clients 0..n-1 sent, as the server received them (the aggregator's view)."""
+
+    def recompute(n: int):  # round 1's first n clients, with the round's own keys, as they sent
+        ids = np.arange(n, dtype=np.int32)
         part = fdata.pad_clients(s.fed.dataset.x_train, s.fed.dataset.y_train, s.fed.parts[:n])
         outs = client_uploads(s.round1_algorithm, message, part, ids, jax.random.fold_in(s.keys["train"], 0))
-        arrays = s.built.uploads.format(jax.device_get(outs), jax.device_get(state), n)
-    else:
-        arrays = s.built.uploads.format(None, jax.device_get(state), n)
-    run_dir.write_arrays("uploads.npz", client_ids=ids, **arrays)
+        return ids, jax.device_get(outs)
 
-
-NOISE_SOURCES = {
-    True: "fresh: the mechanism's keys drawn from os.urandom for this release, never stored (a deployment)",
-    False: "seeded: the mechanism's keys derive from --seed (config.json), reproducible; a study, not a deployment",
-}
+    n = min(s.job.run.save_uploads, s.num_clients)
+    ids, outs, extra = s.aggregator.server_view(n, recompute if s.built.uploads.from_round else None)
+    arrays = s.built.uploads.format(outs, jax.device_get(state), len(ids))
+    run_dir.write_arrays("uploads.npz", client_ids=ids, **arrays, **extra)
 
 
 def _privacy_block(built, privacy, dataset=None) -> dict:
     table = {} if dataset is None or dataset.table is None else {
-        "table_encoding": table_run.privacy_note(dataset.table, built.plan)}
-    if built.mechanism is None:
-        return {"privacy_unit": None, "epsilon": None, **table}
-    block = pconfig.report(built.plan, built.mechanism, privacy, built.mechanism.rounds)
-    block = built.secure.privacy_report(block, built.rounds) if built.secure is not None else block
-    noisy = built.plan is not None or (built.secure is not None and built.secure.skellam is not None)
-    return {**block, "noise_source": NOISE_SOURCES[bool(built.fresh_noise)] if noisy else None, **table}
+        "table_encoding": table_run.privacy_note(dataset.table, built.release.plan)}
+    return {**built.release.report(privacy, built.rounds.count), **table}
 
 
 AUGMENT_STREAM = 0x417567  # fold_in tag: the transforms' keys never reuse the sampler's
@@ -512,17 +479,12 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
     export(run_dir, ds, x, y)
     export_seconds = time.time() - t_export
     evaluation, scoring_seconds = scored(ds, x, y, s.keys["eval"], run, run_dir=run_dir)
-    R, N = built.rounds, s.num_clients
+    R, N = built.rounds.count, s.num_clients
     per_round = s.rounds if len(s.rounds) > 1 else s.rounds * R
-    raw_up = built.bytes_up(state) if built.bytes_up is not None else sum(r.bytes_up for r in per_round)
-    bytes_up = raw_up
-    if built.secure is not None:  # what the protocol sent: keys, shares, masked b-bit uploads, unmasking
-        bytes_up = sum(r[SECAGG_BYTES_UP] for r in run_dir.read_metrics()
-                                if r.get("phase") is None and SECAGG_BYTES_UP in r)
-    if not s.compression.is_identity:  # what the clients really sent: each round's mean upload x cohort
-        bytes_up = sum(r[UPLINK_BYTES] * s.cohort for r in run_dir.read_metrics()
-                       if r.get("phase") is None and UPLINK_BYTES in r)
-    bytes_down = sum(r.bytes_down for r in per_round)
+    records = [r for r in run_dir.read_metrics() if r.get("phase") is None]
+    traffic = s.aggregator.traffic(sum(r.bytes_up for r in per_round), sum(r.bytes_down for r in per_round),
+                                   records, state)
+    bytes_up, bytes_down, raw_up = traffic["bytes_up"], traffic["bytes_down"], traffic["bytes_up_uncompressed"]
     results = {
         "dataset": job.data.dataset, "eval_split": f"validation:{job.data.validation}" if job.data.validation else "test",
         "algorithm": job.method, "method": job.method, "partition": job.data.partition,
@@ -539,11 +501,11 @@ def _finish(s: _Session, run_dir: RunDir, state, wall: float, resumed_export: bo
         "privacy": _privacy_block(built, job.privacy, ds),
         **(built.results(state, ds) if built.results else {}),
     }
-    if built.secure is not None:
-        results["secure_aggregation"] = built.secure.release_info()
+    results.update(s.aggregator.results())
     releases = [r["release"] for r in run_dir.read_metrics() if r.get("phase") == "release"]
     if releases:
         results["release"] = releases[-1]
+    s.aggregator.files(run_dir, results)
     run_dir.write_results(results)
     print(done_line(run_dir.path, results))
     return results

@@ -509,16 +509,16 @@ def test_budget_split_releases_compose_to_the_requested_epsilon():
         return m.build(ctx)
 
     built = build(budget_split="4,1,1")
-    releases = built.release(None, None)[1]["releases"]  # the clip's histogram, then the three rounds
+    releases = built.release.after_rounds(None, None)[1]["releases"]  # the clip's histogram, then the three rounds
     assert [r["release"].split(":")[0] for r in releases] == ["clip", "round 1", "round 2", "round 3"]
     mult = [r["noise_multiplier"] for r in releases]
     assert mult[1] < mult[2] == pytest.approx(mult[3]) and mult[2] / mult[1] == pytest.approx(2.0)
-    assert mult[1:] == built.release(None, None)[1]["noise_multipliers"]
+    assert mult[1:] == built.release.after_rounds(None, None)[1]["noise_multipliers"]
     # the clip's share of 1 / z^2 is --clip-share (0.05): z / sqrt(0.05)
-    assert mult[0] == pytest.approx(built.plan.noise_multiplier / math.sqrt(0.05))
+    assert mult[0] == pytest.approx(built.release.plan.noise_multiplier / math.sqrt(0.05))
     event = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z) for z in mult])
     eps = []
-    for e in (event, dp_accounting.GaussianDpEvent(built.plan.noise_multiplier)):
+    for e in (event, dp_accounting.GaussianDpEvent(built.release.plan.noise_multiplier)):
         pld = dp_accounting.pld.PLDAccountant()
         pld.compose(e)
         eps.append(pld.get_epsilon(1e-5))
@@ -529,9 +529,16 @@ def test_budget_split_releases_compose_to_the_requested_epsilon():
             build(budget_split=bad)
     with pytest.raises(InvalidValue, match="budget_split"):
         build(budget_split="2,1,1", secure_aggregation="secagg")
-    assert build().config.budget_split == (2.0, 1.0, 1.0)  # auto at eps 1: round 1 (the second moment) doubled
+    # auto at eps 1: round 1 doubled where it carries one second moment per class ...
+    assert build(second_moment="class").config.budget_split == (2.0, 1.0, 1.0)
+    # ... equal once it is pooled (auto pools digits' 120 examples per class), the noise recomputed
+    pooled = build()
+    assert pooled.config.pooled_second and pooled.config.budget_split == (1.0, 1.0, 1.0)
+    rounds = pooled.release.after_rounds(None, None)[1]["noise_multipliers"]
+    z = pooled.release.plan.noise_multiplier
+    assert rounds == pytest.approx([z / math.sqrt(0.95 / 3)] * 3)  # 5 % to the clip, the rest equal
     assert build(secure_aggregation="secagg").config.budget_split == (1.0, 1.0, 1.0)  # one Skellam noise level
-    assert build(em_rounds=1).config.budget_split == (2.0,)
+    assert build(em_rounds=1, second_moment="class").config.budget_split == (2.0,)
     ctx = methods.BuildContext(digits, counts, m.Options(), PrivacyConfig(unit="example", epsilon=0.2),
                                PerformanceFlags(), RunConfig(), default_execution("mlp"))
-    assert m.build(ctx).plan.noise_multiplier > 8 and m.build(ctx).config.budget_split == (1.0, 1.0, 1.0)
+    assert m.build(ctx).release.plan.noise_multiplier > 8 and m.build(ctx).config.budget_split == (1.0, 1.0, 1.0)

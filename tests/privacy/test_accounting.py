@@ -1,6 +1,5 @@
 """Epsilon computation, noise calibration, schedules and budget errors."""
 
-import json
 import math
 
 import dp_accounting
@@ -9,7 +8,6 @@ import pytest
 
 from fedjax_gen.errors import UserError
 from fedjax_gen.privacy import (
-    PrivacySpec,
     calibrate_noise_multiplier,
     compute_epsilon,
     epsilon_schedule,
@@ -108,19 +106,6 @@ def test_worst_client_epsilon(monkeypatch):
     worst, who = worst_client_epsilon(1.5, rates, steps, DELTA)
     expect = [real(1.5, q, s, DELTA) for q, s in zip(rates, steps)]
     assert who == int(np.argmax(expect)) == 0 and worst == pytest.approx(max(expect))
-
-
-def test_privacy_spec_json_roundtrip():
-    spec = PrivacySpec.compute(1.2, 0.01, 300, DELTA, privacy_unit="user", accountant="rdp")
-    d = json.loads(json.dumps(spec.to_dict()))
-    assert set(d) == {"epsilon", "delta", "noise_multiplier", "sampling_rate", "steps",
-                      "privacy_unit", "accountant"}
-    assert PrivacySpec.from_dict(d) == spec
-    none = PrivacySpec.compute(0.0, 0.01, 300, DELTA)
-    assert json.loads(json.dumps(none.to_dict()))["epsilon"] is None
-    assert PrivacySpec.from_dict(none.to_dict()).epsilon == math.inf
-    with pytest.raises(UserError, match="privacy unit"):
-        PrivacySpec(1.0, DELTA, 1.0, 0.1, 10, "client", "rdp")
 
 
 def test_unconverged_rdp_order_warnings_are_dropped_and_other_absl_warnings_kept(caplog):

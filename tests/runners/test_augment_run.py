@@ -53,8 +53,8 @@ def test_no_method_transforms_its_synthetic_set_unless_asked():
     from fedjax_gen.compare import grid
 
     for name in methods.names():
-        assert cli.parse(name, ["--dataset", "digits"])[0].run.augment == "none", name
-    augment = lambda argv: cli.parse("dct_gmm", argv)[0].run.augment
+        assert cli.parse_job(name, ["--dataset", "digits"])[0].run.augment == "none", name
+    augment = lambda argv: cli.parse_job("dct_gmm", argv)[0].run.augment
     assert augment(["--dataset", "digits", "--epsilon", "1", "--dp", "user"]) == "none"
     assert augment(["--dataset", "digits", "--epsilon", "1", "--dp", "example", "--augment", "auto"]) == "auto"
     cell = grid.Cell("dct_gmm", "iid", 1.0, 0)

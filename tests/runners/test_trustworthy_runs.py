@@ -20,6 +20,7 @@ import pytest
 from fedjax_gen import cli
 from fedjax_gen.audit.canaries import CanaryAudit, plan_for_audit
 from fedjax_gen.audit.command import main as audit_main
+from fedjax_gen.compare.command import main as compare_main
 from fedjax_gen.data.client_data import ClientData
 from fedjax_gen.errors import RunDirError
 from fedjax_gen.federated import ClientOutput, Execution, FederatedAlgorithm, make_round
@@ -305,11 +306,11 @@ def test_collect_tables_the_readable_runs_names_the_rest_and_keeps_user_files(fi
     os.remove(root / "no_config" / "config.json")
     (root / "report.html").write_text("<p>my report</p>")
     before = _digest(tmp_path)
-    err = _err(_run_main(cli.compare_main, ["--collect", str(root)], capsys))
+    err = _err(_run_main(compare_main, ["--collect", str(root)], capsys))
     assert "report.html" in err and _digest(tmp_path) == before
     os.remove(root / "report.html")
     for _ in range(2):  # the second collect replaces what the first wrote
-        assert cli.run(cli.compare_main, ["--collect", str(root)]) == 0
+        assert cli.run(compare_main, ["--collect", str(root)]) == 0
         out = capsys.readouterr().out
         assert f"skipped {root / 'truncated'}" in out and f"skipped {root / 'no_config'}" in out
         rows = open(root / "comparison.csv").read().strip().splitlines()
@@ -319,7 +320,7 @@ def test_collect_tables_the_readable_runs_names_the_rest_and_keeps_user_files(fi
     for argv in (["--tiny", "--methods", "dct_gmm", "--budgets", "none", "--out", str(tmp_path / "file.txt")],
                  ["--tiny", "--methods", "dct_gmm", "--budgets", "none", "--out", str(tmp_path / "file.txt"), "--slurm"],
                  ["--collect", str(tmp_path / "file.txt")]):
-        assert "file" in _err(_run_main(cli.compare_main, argv, capsys))
+        assert "file" in _err(_run_main(compare_main, argv, capsys))
     assert _digest(tmp_path) == before
 
 
@@ -361,9 +362,9 @@ def test_resume_after_the_checkpointed_rounds_record_was_torn_rewrites_it(finish
 @pytest.mark.parametrize("entry,argv,needle", [
     (cli.main_for("dct_gmm"), ["--temperature", "inf"], "--temperature must be a finite number"),
     (cli.main_for("dct_gmm"), ["--count-weight", "-inf"], "--count-weight"),
-    (cli.compare_main, ["--dataset", "nope", "--tiny"], "unknown dataset"),
-    (cli.compare_main, ["--partitions", "iid,bogus:1", "--tiny"], "unknown partition"),
-    (cli.compare_main, ["--partitions", "shards:x", "--tiny"], "K must be an integer"),
+    (compare_main, ["--dataset", "nope", "--tiny"], "unknown dataset"),
+    (compare_main, ["--partitions", "iid,bogus:1", "--tiny"], "unknown partition"),
+    (compare_main, ["--partitions", "shards:x", "--tiny"], "K must be an integer"),
 ])
 def test_silently_wrong_inputs_are_refused_before_anything_is_written(entry, argv, needle, tmp_path, capsys):
     out = tmp_path / "never"

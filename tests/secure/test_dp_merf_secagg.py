@@ -43,12 +43,15 @@ def _released(built, seed=0, amp=3.0):
     emb = (rng.uniform(-1, 1, (N, C, D)) * amp).astype(np.float32)  # |sum| <= N amp < the counts' bound
     cnt = rng.integers(0, 5, (N, C)).astype(np.float32)
     out = ClientOutput({"embedding": emb, "counts": cnt}, np.full(N, 1.0, np.float32), {})
-    summed, host = built.aggregate[0](out, np.ones(N, bool), np.arange(N), jax.random.key(seed + 2))
-    state = built.algorithm.init(jax.random.key(seed))
-    state, _ = built.algorithm.server_update(state, summed, N, jax.random.key(1))
+    reduce, aggregate = built.aggregator.engine(0, built.rounds.reduce)  # the engine's host step
+    assert reduce == "host"
+    summed, host = aggregate(out, np.ones(N, bool), np.arange(N), jax.random.key(seed + 2))
+    state = built.rounds.first.init(jax.random.key(seed))
+    state, _ = built.rounds.first.server_update(state, summed, N, jax.random.key(1))
     # the upload pytree is flattened in tree order: counts before embedding
     flat = np.concatenate([cnt, emb.reshape(N, -1)], 1).astype(np.float64)
-    info = {**built.secure.release_info(), **built.secure.totals["last_round"], "host_metrics": host}
+    info = {**built.aggregator.results()["secure_aggregation"], **built.aggregator.secure.totals["last_round"],
+            "host_metrics": host}
     return flat, state, info
 
 
@@ -58,7 +61,8 @@ def _decoded(state):
 
 def test_noiseless_secagg_release_is_the_float_sum_within_rounding(digits):
     built = _build(digits, PrivacyConfig())
-    assert built.reduce == "sum" and len(built.aggregate) == 1 and built.secure is not None
+    assert built.rounds.reduce == "sum" and len(built.rounds.algorithms) == 1
+    assert built.release.accounting is built.aggregator.secure and not built.release.noisy
     flat, state, info = _released(built)
     err = _decoded(state) - flat.sum(0)
     scale = info["scale"]
@@ -83,7 +87,7 @@ def test_skellam_release_error_std_matches_the_plan(digits):
     assert lo < err.std() < hi
     assert abs(err.mean()) < 4 * plan["error_std"] / math.sqrt(dim)
     # the float Gaussian at the same epsilon would have (almost) the same std: privacy on demand
-    z = built.plan.noise_multiplier
+    z = built.release.plan.noise_multiplier
     assert plan["gaussian_std"] == pytest.approx(z * dp_merf.SENSITIVITY, rel=0.05)
     assert built.config.noise_std == pytest.approx(plan["gaussian_std"])  # what merf_aggregate reads
     # ... and nobody else adds Gaussian noise: the server update applies the decoded sum as is
@@ -187,6 +191,6 @@ def test_central_noise_is_named_in_the_release_info(digits):
                                PrivacyConfig(unit="example", epsilon=1.0), PerformanceFlags(), RunConfig(),
                                default_execution("mlp"))
     built = methods.get("dp_merf").build(ctx)
-    _, info = built.release(None, jax.random.key(0))
-    assert built.reduce == "sum" and info["noise_placement"] == "central (trusted server)"
+    _, info = built.release.after_rounds(None, jax.random.key(0))
+    assert built.rounds.reduce == "sum" and info["noise_placement"] == "central (trusted server)"
     assert info["threat_model"]["server_sees"] == "noisy sum"

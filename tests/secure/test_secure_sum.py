@@ -107,16 +107,19 @@ def _build(method, digits, privacy, counts, **opts):
 def test_dct_gmm_secagg_composes_its_releases_in_skellam_at_the_gaussian_noise(digits):
     counts = np.full(20, 60)
     built = _build("dct_gmm", digits, PrivacyConfig(unit="example", epsilon=1.0), counts, components=2)
-    plan = built.secure.skellam
+    plan = built.aggregator.secure.skellam
     # the clip's histogram and the three rounds: four releases at one noise level
-    assert plan.compositions == built.rounds == 4 and plan.l2_sensitivity == 1.0
+    assert plan.compositions == built.rounds.count == len(built.rounds.algorithms) == 4 and plan.l2_sensitivity == 1.0
     assert built.config.clip_share == pytest.approx(0.25)
-    assert built.secure.epsilons(4)[-1] <= 1.0 + 1e-9 and len(built.aggregate) == 4
+    assert built.release.schedule(4)[-1] <= 1.0 + 1e-9 and built.release.accounting is built.aggregator.secure
+    # every upload divided by its release's sensitivity before quantising (the histogram's is 1)
+    assert built.aggregator.scales == (1.0,) + tuple(built.config.round_sensitivity(r) for r in range(3))
+    assert all(built.aggregator.engine(i, "sum")[0] == "host" for i in range(4))
     # each round's std (x its sensitivity) is the Gaussian split's sigma_r Delta_r, up to the
     # Skellam's small extra noise for the same epsilon
     gauss = np.array(built.results(None, digits)["noise_std_per_round"])
     assert np.all(gauss == 0.0)  # the server adds none
-    ref = built.plan.noise_multiplier * math.sqrt(4)
+    ref = built.release.plan.noise_multiplier * math.sqrt(4)
     assert plan.gaussian_std == pytest.approx(ref, rel=0.05) and plan.gaussian_std >= ref * 0.999
     assert plan.value_bound == pytest.approx(counts.sum() + 1)
     with pytest.raises(InvalidValue):  # the ledger composes Gaussians only
@@ -133,19 +136,19 @@ def test_gan_secagg_needs_user_level_poisson_and_accounts_every_round(digits):
                clients_per_round=8)
     built = _build("dp_fedavg_gan", digits, PrivacyConfig(unit="user", epsilon=5.0, clip=0.5), counts, rounds=3,
                    clients_per_round=8, width=8)
-    plan = built.secure.skellam
+    plan = built.aggregator.secure.skellam
     assert plan.compositions == 3 and plan.sampling_rate == pytest.approx(8 / 40) and plan.unit == "user"
     assert plan.epsilon <= 5.0 and built.config.dp.secure_noise
-    state = jax.eval_shape(built.algorithm.init, jax.random.key(0))
+    state = jax.eval_shape(built.rounds.first.init, jax.random.key(0))
     assert plan.dim == sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.disc))
-    cfg = built.secure.round_config(7)  # user level: conditional rounding to the plan's integer bound
+    cfg = built.aggregator.secure.round_config(7)  # user level: conditional rounding to the plan's integer bound
     assert cfg.rounding == "conditional" and cfg.local_mu == pytest.approx(plan.mu / 7)
 
 
 def test_dct_gmm_user_level_secagg_conditionally_rounds_each_clients_unit_vector(digits):
     counts = np.full(20, 60)
     built = _build("dct_gmm", digits, PrivacyConfig(unit="user", epsilon=2.0, clip=1.0), counts, components=2)
-    plan = built.secure.skellam
+    plan = built.aggregator.secure.skellam
     assert plan.unit == "user" and plan.support == plan.dim and plan.value_bound == 20.0
-    cfg = built.secure.round_config(20)
+    cfg = built.aggregator.secure.round_config(20)
     assert cfg.rounding == "conditional" and cfg.clip == 1.0 and cfg.l2_bound == pytest.approx(plan.l2_int)
