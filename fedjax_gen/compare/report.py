@@ -23,10 +23,16 @@ THREAT_NOTE = ("Attacks by threat model: each adversary's strongest attack on wh
 
 
 def write_csv(rows, path: str) -> None:
+    """comparison.csv beside the runs: each run named relative to it (the table names no path of
+    the machine it was made on, and stays valid when the root is moved)."""
+    here = os.path.abspath(os.path.dirname(path))
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
         w.writeheader()
         for r in rows:
+            run = r.get("run")
+            if run and os.sep in str(run):  # a bare cell name (a missing row) stays as it is
+                r = {**r, "run": os.path.relpath(os.path.abspath(run), here)}
             w.writerow(r)
 
 

@@ -123,7 +123,8 @@ def test_uplink_compression_is_an_axis_of_the_study(tmp_path, capsys):
     assert "| fedgan [topk-ef:0.25] * |" in md and md.startswith("# Comparison on digits (scored on: validation:30)")
     assert "--augment shift:0.1" in md and {r["augment"] for r in rows.values() if r["status"] == "ok"} == {"shift:0.1"}
     assert {r["eval_split"] for r in rows.values() if r["status"] == "ok"} == {"validation:30"}
-    config = json.load(open(os.path.join(raw["run"], "config.json")))
+    assert not os.path.isabs(raw["run"])  # named relative to the table: no machine's path in it
+    config = json.load(open(os.path.join(root, raw["run"], "config.json")))
     assert config["data"]["validation"] == 30
 
 
@@ -141,7 +142,7 @@ def test_a_table_study_runs_table_methods_and_skips_image_methods(tmp_path, tiny
     with threadpool_limits(1, "openmp"):
         assert cli.run(compare_main, argv) == 0
     rows = {r["method"]: r for r in csv.DictReader(open(os.path.join(root, "comparison.csv")))}
-    results = json.load(open(os.path.join(rows["dct_gmm"]["run"], "results.json")))
+    results = json.load(open(os.path.join(root, rows["dct_gmm"]["run"], "results.json")))
     # the attack runner reads images: a table's consumer column is its nearest-record attack (results.json)
     assert rows["dct_gmm"]["status"] == "ok" and rows["dct_gmm"]["consumer_attack"] == "nearest_record"
     assert float(rows["dct_gmm"]["consumer_auc"]) == results["mia_auc"]
