@@ -138,7 +138,8 @@ def plots(agg, out_dir: str) -> dict:
     ax.set_xscale("log")
     ax.set_xlabel(f"epsilon (rightmost point: no DP, drawn at {right:g})")
     ax.set_ylabel("TSTR accuracy")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # an empty study has nothing to name
+        ax.legend(fontsize=8)
     save(fig, "accuracy_vs_epsilon")
 
     # accuracy vs uplink bytes per client, Pareto frontier marked
@@ -157,7 +158,8 @@ def plots(agg, out_dir: str) -> dict:
     ax.set_xscale("log")
     ax.set_xlabel("uplink bytes per client (log)")
     ax.set_ylabel("TSTR accuracy")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # an empty study has nothing to name
+        ax.legend(fontsize=8)
     save(fig, "accuracy_vs_uplink")
 
     # each adversary's strongest attack vs accuracy
