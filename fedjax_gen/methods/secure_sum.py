@@ -108,6 +108,35 @@ def kept_uploads(stacked: ClientOutput, keep):
     return leaves, treedef, rows[finite], flat[finite], finite
 
 
+def as_uploads(vectors, shapes, treedef, batch: bool = False):
+    """Flat float vector(s) back into the method's upload pytree: one summed vector [dim]
+    (batch False) or rows [n, dim] stacked [n] (batch True); shapes: each leaf's per-client shape."""
+    vectors = np.asarray(vectors, np.float32)
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    parts = np.split(vectors, np.cumsum(sizes)[:-1], axis=-1)
+    lead = (len(vectors),) if batch else ()
+    return jax.tree.unflatten(treedef, [p.reshape(lead + tuple(sh)) for p, sh in zip(parts, shapes)])
+
+
+def signed(masked, bits: int) -> np.ndarray:
+    """Residues mod 2^bits (uint, numpy) -> their signed representatives, int64 (what a server
+    decodes a masked upload to, before dividing by the scale)."""
+    masked = np.asarray(masked)
+    return np.where(masked >= 2 ** (bits - 1), masked.astype(np.int64) - 2 ** bits, masked.astype(np.int64))
+
+
+def draw_dropouts(key, m: int, fraction: float):
+    """The simulated clients (rows of m) that drop after key sharing: floor(fraction m) of them."""
+    dropped = int(math.floor(fraction * m))
+    return np.sort(np.asarray(jax.random.choice(key, m, (dropped,), replace=False))) if dropped else ()
+
+
+def check_wrap(result) -> None:
+    """A wrapped integer sum would corrupt the release (the plan bounds it by its overflow target)."""
+    if result.wrapped:
+        raise secure.SecAggAbort("the securely aggregated integer sum wrapped around 2^bits: raise --secagg-bits")
+
+
 def min_uploaders(cohort: int, tolerance: float) -> int:
     """The fewest uploads clients unmask (and whose noise shares cover mu)."""
     return cohort - int(math.floor(tolerance * cohort))
@@ -141,17 +170,13 @@ class SecureSum:
             flat = flat / np.float32(upload_scale)
             m = len(rows)
             k_drop, k_sum = jax.random.split(key)
-            dropped = int(math.floor(self.dropout * m))
-            drop = np.sort(np.asarray(jax.random.choice(k_drop, m, (dropped,), replace=False))) if dropped else ()
+            drop = draw_dropouts(k_drop, m, self.dropout)
+            dropped = len(drop)
             cfg = self.round_config(m)
             res = secure.secure_sum(flat, cfg, k_sum, dropped_before_upload=[int(i) for i in drop])
-            if res.wrapped:  # the plan bounds this by its overflow target; a wrap would corrupt the release
-                raise secure.SecAggAbort("the securely aggregated integer sum wrapped around 2^bits: raise "
-                                         "--secagg-bits")
+            check_wrap(res)
             total = np.asarray(res.total, np.float64) * upload_scale
-            sizes = [int(np.prod(a.shape[1:])) for a in leaves]
-            parts = np.split(total.astype(np.float32), np.cumsum(sizes)[:-1])
-            upload = jax.tree.unflatten(treedef, [p.reshape(a.shape[1:]) for p, a in zip(parts, leaves)])
+            upload = as_uploads(total, [a.shape[1:] for a in leaves], treedef)
             used = rows[np.setdiff1d(np.arange(m), drop)]
             metrics = {k: np.sum(np.asarray(v)[used], axis=0) for k, v in jax.device_get(stacked.metrics).items()}
             sent = int(np.sum(res.bytes_per_client["total_up"]))
@@ -248,10 +273,7 @@ class SecureSum:
     def decoded_uploads(self, decoded: np.ndarray):
         """Decoded rows [n, dim] -> the method's upload pytree stacked [n] (what format() reads)."""
         v = self.view
-        sizes = [int(np.prod(sh)) for sh in v["shapes"]]
-        parts = np.split(decoded * np.float32(v["upload_scale"]), np.cumsum(sizes)[:-1], axis=1)
-        return jax.tree.unflatten(v["treedef"], [p.reshape((len(decoded),) + tuple(sh))
-                                                 for p, sh in zip(parts, v["shapes"])])
+        return as_uploads(decoded * np.float32(v["upload_scale"]), v["shapes"], v["treedef"], batch=True)
 
     def uploads(self, n: int) -> dict:
         """uploads.npz: what the server received from round 1's first n uploaders -- masked
@@ -259,10 +281,9 @@ class SecureSum:
         v = self.view
         masked = np.asarray(v["masked"][:n])
         bits = int(v["bits"])
-        signed = np.where(masked >= 2 ** (bits - 1), masked.astype(np.int64) - 2 ** bits, masked)
         return {"client_ids": v["client_ids"][:n], "masked": masked, "uploaded": np.asarray(v["uploaded"][:n]),
                 "secagg_bits": np.int32(bits), "secagg_scale": np.float64(v["scale"]),
-                "server_view": np.str_("masked uploads"), "decoded": (signed / v["scale"]).astype(np.float32)}
+                "server_view": np.str_("masked uploads"), "decoded": (signed(masked, bits) / v["scale"]).astype(np.float32)}
 
 
 def plan(o: SecAggOptions, ctx, gaussian, mechanism, *, dim: int, l2_sensitivity: float, support: int,

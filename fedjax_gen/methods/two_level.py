@@ -19,7 +19,6 @@ and per-observer privacy to results.json["topology"].
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import numpy as np
@@ -29,7 +28,7 @@ from fedjax_gen.errors import InvalidValue, UserError
 from fedjax_gen.federated import topology as topo_lib
 from fedjax_gen.federated.algorithm import ClientOutput
 from fedjax_gen.federated.execution import NONFINITE
-from fedjax_gen.methods.secure_sum import kept_uploads
+from fedjax_gen.methods.secure_sum import as_uploads, check_wrap, draw_dropouts, kept_uploads, signed
 from fedjax_gen.secure import skellam as sk
 from fedjax_gen.secure import two_level as tl
 
@@ -167,10 +166,9 @@ class TwoLevel:
             edge_of = self.topology.cohort(ids[rows])
             k_drop, k_sum = jax.random.split(key)  # as the flat protocol splits it: the same dropouts and noise
             active = np.unique(edge_of)
-            n_out = int(math.floor(self.setup.edge_timeout * len(active)))
-            timed = (np.sort(active[np.asarray(jax.random.choice(jax.random.fold_in(k_drop, 1), len(active),
-                                                                 (n_out,), replace=False))]) if n_out else
-                     np.zeros(0, np.int64))
+            # the edges that time out: drawn as device dropouts are, among the round's active edges (sorted)
+            timed = active[np.asarray(draw_dropouts(jax.random.fold_in(k_drop, 1), len(active),
+                                                    self.setup.edge_timeout), np.int64)]
             if self.secure is not None:
                 res, total, drop = self._secure_round(flat / np.float32(upload_scale), edge_of, k_drop, k_sum, timed)
                 total = total * upload_scale
@@ -185,9 +183,7 @@ class TwoLevel:
                 summed_weight = None if stacked.weight is None else res.total[dim:].astype(np.float32).reshape(
                     np.shape(jax.device_get(stacked.weight))[1:])
             used = rows[res.contributed]
-            sizes = [int(np.prod(a.shape[1:])) for a in leaves]
-            parts = np.split(np.asarray(total, np.float64).astype(np.float32), np.cumsum(sizes)[:-1])
-            upload = jax.tree.unflatten(treedef, [p.reshape(a.shape[1:]) for p, a in zip(parts, leaves)])
+            upload = as_uploads(np.asarray(total, np.float64), [a.shape[1:] for a in leaves], treedef)
             metrics = {k: np.sum(np.asarray(v)[used], axis=0) for k, v in jax.device_get(stacked.metrics).items()}
             weight = np.float32(len(used)) if self.secure is not None else summed_weight  # secagg: as flat
             self._note(res, ids, rows, edge_of, timed, drop, flat_bytes, leaves, treedef, upload_scale)
@@ -200,13 +196,10 @@ class TwoLevel:
 
     def _secure_round(self, flat, edge_of, k_drop, k_sum, timed):
         s = self.secure
-        m = len(flat)
-        dropped = int(math.floor(s.dropout * m))
-        drop = np.sort(np.asarray(jax.random.choice(k_drop, m, (dropped,), replace=False))) if dropped else ()
+        drop = draw_dropouts(k_drop, len(flat), s.dropout)
         res = tl.two_level_secure_sum(flat, edge_of, s.two_level.plan, k_sum, num_edges=self.topology.num_edges,
                                       dropped_before_upload=[int(i) for i in drop], edges_timed_out=timed)
-        if res.wrapped:  # the plan bounds this by its overflow target; a wrap would corrupt the release
-            raise secure.SecAggAbort("the securely aggregated integer sum wrapped around 2^bits: raise --secagg-bits")
+        check_wrap(res)
         return res, np.asarray(res.total, np.float64), drop
 
     def _note(self, res, ids, rows, edge_of, timed, drop, flat_bytes, leaves, treedef, upload_scale):
@@ -247,7 +240,7 @@ class TwoLevel:
         return {"cloud": {"epsilon": None, "unit": None, "sees": SEES_PLAIN["cloud"],
                           "note": "it adds the method's central noise itself (a trusted cloud)"},
                 "edge": {"epsilon": None, "unit": None, "sees": SEES_PLAIN["edge"]},
-                "device": {"epsilon": self.record.get("release_epsilon"), "unit": self.record.get("release_unit"),
+                "device": {"epsilon": None, "unit": None,  # the release's: files() fills it from results.json
                            "sees": SEES_PLAIN["device"]}}
 
     # ----- the driver's other questions
@@ -271,16 +264,11 @@ class TwoLevel:
 
     def _unflatten(self, decoded: np.ndarray):
         v = self.record["view"]
-        sizes = [int(np.prod(sh)) for sh in v["leaves"]]
-        parts = np.split(np.asarray(decoded, np.float32) * np.float32(v["upload_scale"]), np.cumsum(sizes)[:-1],
-                         axis=1)
-        return jax.tree.unflatten(v["treedef"], [p.reshape((len(decoded),) + tuple(sh))
-                                                 for p, sh in zip(parts, v["leaves"])])
+        return as_uploads(np.asarray(decoded, np.float32) * np.float32(v["upload_scale"]), v["leaves"], v["treedef"],
+                          batch=True)
 
     def _signed(self, masked) -> np.ndarray:
-        bits = self.secure.protocol.bits
-        masked = np.asarray(masked)
-        return np.where(masked >= 2 ** (bits - 1), masked.astype(np.int64) - 2 ** bits, masked) / self.secure.scale
+        return signed(masked, self.secure.protocol.bits) / self.secure.scale
 
     def server_view(self, n: int, recompute):
         """The cloud's view of round 1: one row per edge (ids are edge ids), masked partial sums
@@ -332,6 +320,7 @@ class TwoLevel:
         r, t = self.record, self.topology
         rounds = max(r.get("rounds", 0), 1)
         sizes = t.edge_sizes()
+        observers = self.secure.two_level.observers() if self.secure else self._plain_privacy()  # an accountant call
         block = {**t.to_dict(), "noise_for": self.secure.two_level.plan.noise_for if self.secure else None,
                  "edge_tolerance": self.setup.edge_tolerance, "edge_timeout": self.setup.edge_timeout,
                  "protocol": ("SecAgg(+) among each edge's devices, then SecAgg among the edges" if self.secure else
@@ -352,9 +341,8 @@ class TwoLevel:
                      "cloud_ingress": r.get("edge_to_cloud", 0),
                      "flat_cloud_ingress": r.get("flat_cloud_ingress", 0),
                      "cloud_ingress_vs_flat": r.get("flat_cloud_ingress", 0) / max(r.get("edge_to_cloud", 0), 1)},
-                 "sees": ({k: v["sees"] for k, v in self.secure.two_level.observers().items()} if self.secure else
-                          SEES_PLAIN),
-                 "privacy": self.secure.two_level.observers() if self.secure else self._plain_privacy(),
+                 "sees": {k: v["sees"] for k, v in observers.items()} if self.secure else SEES_PLAIN,
+                 "privacy": observers,
                  "seconds": r.get("seconds", {}),
                  "edges_timed_out": r.get("edges_timed_out", 0), "devices_dropped": r.get("devices_dropped", 0),
                  "last_round": {k: v for k, v in r.get("last_round", {}).items() if k != "summary"},

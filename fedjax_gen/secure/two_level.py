@@ -332,17 +332,8 @@ class TwoLevelResult:
 
 def _secagg_round(inputs, uploaded, responding, pcfg, graph_seed, secret_seed):
     """One SecAgg run: (masked [n, dim], sum or None, the abort or None, bytes, seconds)."""
-    n, dim = inputs.shape
-    secs = {}
-    t = time.perf_counter()
-    cohort = secagg.advertise(n, pcfg, graph_seed, secret_seed)
-    secs["keygen"] = time.perf_counter() - t
-    t = time.perf_counter()
-    secagg.share_keys(cohort)
-    secs["share_keys"] = time.perf_counter() - t
-    t = time.perf_counter()
-    masked = secagg.mask_inputs(cohort, inputs, uploaded)
-    secs["mask"] = time.perf_counter() - t
+    dim = inputs.shape[1]
+    cohort, masked, secs = pipeline.mask_cohort(inputs, uploaded, pcfg, graph_seed, secret_seed)
     responders = np.flatnonzero(responding)
     t = time.perf_counter()
     summed, err = None, None
