@@ -5,6 +5,7 @@ uploads are the ones the server received. Issue 29: only what a run recorded wri
 (.manifest.jsonl) is removed or replaced, by every entry point, and the faults that gave
 tracebacks or silently wrong results are one line too."""
 
+import csv
 import glob
 import hashlib
 import json
@@ -313,8 +314,8 @@ def test_collect_tables_the_readable_runs_names_the_rest_and_keeps_user_files(fi
         assert cli.run(compare_main, ["--collect", str(root)]) == 0
         out = capsys.readouterr().out
         assert f"skipped {root / 'truncated'}" in out and f"skipped {root / 'no_config'}" in out
-        rows = open(root / "comparison.csv").read().strip().splitlines()
-        assert len(rows) == 2 and str(root / "good") in rows[1]
+        rows = list(csv.DictReader(open(root / "comparison.csv")))
+        assert len(rows) == 1 and rows[0]["run"] == "good"  # named relative to the study root
     (tmp_path / "file.txt").write_text("x")
     before = _digest(tmp_path)
     for argv in (["--tiny", "--methods", "dct_gmm", "--budgets", "none", "--out", str(tmp_path / "file.txt")],
